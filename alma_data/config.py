@@ -1,0 +1,302 @@
+"""The recipe: every knob of a build, as typed dataclasses.
+
+A recipe is a YAML file from ``pipelines/`` (or any path) plus ``key=value`` overrides
+with dotted paths (``responses.n=16``). The dataclasses below *are* the documentation:
+each field says what it does. Unknown keys and values of the wrong type are refused
+with a message that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from alma_data.resources import resource_dir
+
+
+class RecipeError(ValueError):
+    """A recipe or an override that cannot be used; the message says how to fix it."""
+
+
+@dataclass
+class SeedConfig:
+    sft: str = "bundled:sft"
+    """SFT seed pairs: ``bundled:sft``, a .jsonl/.parquet path, or a Hub dataset id."""
+    sft_format: Literal["alma", "daring_anteater"] = "alma"
+    """``alma``: prompt/response rows; ``daring_anteater``: conversations with turns."""
+    judge: str = "bundled:judge"
+    """Judge seed annotations (prompt, response, score 0..10): same kinds of source."""
+    judge_format: Literal["alma", "helpsteer2"] = "alma"
+    """``helpsteer2``: attribute ratings 0..4 mapped onto the 0..10 scale."""
+    split: str = "train"
+    """Split to read when the source is a Hub dataset."""
+    max_sft: int = 0
+    """Use at most this many SFT seeds (0: all)."""
+    max_judge: int = 0
+    """Use at most this many judge annotations (0: all)."""
+    judge_heldout_fraction: float = 0.2
+    """Share of annotated prompts held out to measure the judge (never trained on)."""
+    eval_prompts: int = 16
+    """Seed prompts held out of SFT, answered by every round's model to track progress."""
+
+
+@dataclass
+class TrainConfig:
+    trainer: Literal["sft", "dpo"] = "sft"
+    """Round r >= 2: SFT of the base model on D1..Dr (paper), or DPO from M1 on the pairs."""
+    epochs: float = 1.0
+    learning_rate: float = 5.0e-5
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    max_length: int = 384
+    """Tokens per training example (prompt + response); longer ones are truncated."""
+    max_steps: int = -1
+    """Stop after this many optimiser steps (-1: run the epochs)."""
+    warmup_ratio: float = 0.05
+    bf16: bool = False
+    """Train in bfloat16 (fast on GPUs and recent CPUs); fp32 otherwise."""
+    m1_seeds: list[int] = field(default_factory=lambda: [1, 2])
+    """Round 1 trains one SFT checkpoint per seed: m1a, m1b, ..."""
+    dpo_beta: float = 0.1
+
+
+@dataclass
+class JudgeConfig:
+    scale: int = 10
+    """Scores are the integers 0..scale; the judge answers ``Rating: [[s]]``."""
+    epochs: float = 2.0
+    learning_rate: float = 1.0e-4
+    batch_size: int = 8
+    max_length: int = 512
+    max_steps: int = -1
+    self_distill: bool = True
+    """After the first feedback round, train the judge on its own real-valued scores."""
+    distill_samples: int = 20000
+    """Judged pairs sampled for self-distillation (paper: ~20k)."""
+    batch_size_score: int = 8
+    """Pairs scored per forward pass."""
+
+
+@dataclass
+class PromptConfig:
+    k: int = 50000
+    """Prompts selected per round (one per cluster, K clusters)."""
+    candidates: int = 0
+    """Synthetic candidates written per round before dedup (0: 4 x k)."""
+    shots_min: int = 3
+    shots_max: int = 5
+    """Each candidate is written from this many random seed prompts (few-shot)."""
+    clusters: int = 0
+    """k-means clusters over the candidates (0: as many as the candidates allow)."""
+    embedder: Literal["minilm", "base_model"] = "minilm"
+    max_words: int = 120
+    min_words: int = 3
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 96
+
+
+@dataclass
+class ResponseConfig:
+    n: int = 200
+    """Responses sampled per prompt (paper: 200)."""
+    checkpoint_mix: list[int] = field(default_factory=lambda: [1, 1, 1])
+    """Share of the N samples from m1a : m1b : previous round's model (from round 3)."""
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    """Prompts per generation batch (each with its samples)."""
+
+
+@dataclass
+class SelectConfig:
+    pairs: Literal["best_vs_random", "best_vs_worst", "random_pair"] = "best_vs_random"
+    """Preference pairs: the paper found best vs a random other response best."""
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 192
+
+
+@dataclass
+class StoreConfig:
+    shard_rows: int = 64
+    """Work units (prompts, pairs) per shard: the grain of resuming a stage."""
+
+
+@dataclass
+class Recipe:
+    name: str = "default"
+    model: str = "smollm2-135m"
+    """Base model M0: an embedded name, a Hub id, a local folder, or ``run:<round>/<checkpoint>``."""
+    engine: Literal["transformers", "vllm", "openai"] = "transformers"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Inference dtype; ``auto`` is bfloat16 where the CPU or GPU supports it, else float32."""
+    seed: int = 0
+    rounds: int = 10
+    """Feedback rounds after round 1 (paper: R = 10)."""
+    seeds: SeedConfig = field(default_factory=SeedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    responses: ResponseConfig = field(default_factory=ResponseConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.to_dict())
+
+    def section_hash(self, *keys: str) -> str:
+        """Hash of the parts of the recipe one stage depends on (dotted keys)."""
+        data = self.to_dict()
+        picked = {k: _get_dotted(data, k) for k in keys}
+        return fingerprint(picked)
+
+
+def fingerprint(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _get_dotted(data: dict, key: str) -> Any:
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in resource_dir("pipelines").glob("*.yaml"))
+
+
+def recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    bundled = resource_dir("pipelines") / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    raise RecipeError(
+        f"no recipe {name_or_path!r}: use one of {available_recipes()} or a path to a .yaml file"
+    )
+
+
+def load_recipe(name_or_path: str = "default", overrides: dict[str, str] | None = None) -> Recipe:
+    path = recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of keys to values, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    recipe = _build(Recipe, data, where=str(path))
+    for key, raw in (overrides or {}).items():
+        apply_override(recipe, key, raw)
+    return recipe
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    return _build(Recipe, data, where="recipe")
+
+
+def apply_override(recipe: Recipe, key: str, raw: str) -> None:
+    """Set ``a.b.c=value`` on the recipe; the value is parsed as YAML and type-checked."""
+    target: Any = recipe
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        if part not in fields:
+            prefix = ".".join(parts[:i])
+            allowed = ", ".join(sorted((f"{prefix}." if prefix else "") + n for n in fields))
+            raise RecipeError(f"unknown recipe key {key!r}; allowed here: {allowed}")
+        f = fields[part]
+        hint = typing.get_type_hints(type(target))[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(hint):
+                raise RecipeError(f"{key!r} is a section; set one of its keys, e.g. {key}.{dataclasses.fields(hint)[0].name}=...")
+            try:
+                value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+            except yaml.YAMLError:
+                value = raw
+            setattr(target, part, _check(hint, value, key))
+        else:
+            if not dataclasses.is_dataclass(hint):
+                raise RecipeError(f"{'.'.join(parts[: i + 1])!r} is a value, not a section: use {'.'.join(parts[: i + 1])}=...")
+            target = getattr(target, f.name)
+
+
+def _build(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        key = prefix + sorted(unknown)[0]
+        allowed = ", ".join(sorted(prefix + n for n in names))
+        raise RecipeError(f"{where}: unknown recipe key {key!r}; allowed here: {allowed}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise RecipeError(f"{where}: {prefix + name!r} is a section and needs a mapping, got {value!r}")
+            kwargs[name] = _build(hint, value, where, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check(hint, value, prefix + name)
+    return cls(**kwargs)
+
+
+def _check(hint: Any, value: Any, key: str) -> Any:
+    origin = get_origin(hint)
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise RecipeError(f"{key!r} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+        return value
+    if origin in (list, typing.List):
+        (item,) = get_args(hint)
+        if not isinstance(value, list):
+            raise RecipeError(f"{key!r} must be a list of {item.__name__}, e.g. {key}=[1,1,1]; got {value!r}")
+        return [_check(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for arg in get_args(hint):
+            try:
+                return _check(arg, value, key)
+            except RecipeError:
+                continue
+        raise RecipeError(f"{key!r} must be {hint}; got {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise RecipeError(f"{key!r} must be true or false; got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise RecipeError(f"{key!r} must be an integer; got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-4" as a string
+            except ValueError:
+                pass
+        raise RecipeError(f"{key!r} must be a number; got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise RecipeError(f"{key!r} must be a string; got {value!r}")
+    return value
