@@ -160,22 +160,10 @@ class Recipe:
     def fingerprint(self) -> str:
         return fingerprint(self.to_dict())
 
-    def section_hash(self, *keys: str) -> str:
-        """Hash of the parts of the recipe one stage depends on (dotted keys)."""
-        data = self.to_dict()
-        picked = {k: _get_dotted(data, k) for k in keys}
-        return fingerprint(picked)
-
 
 def fingerprint(obj: Any) -> str:
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _get_dotted(data: dict, key: str) -> Any:
-    for part in key.split("."):
-        data = data[part]
-    return data
 
 
 def available_recipes() -> list[str]:

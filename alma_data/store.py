@@ -148,6 +148,12 @@ class Store:
     def checkpoint_done(self, round: int, name: str) -> bool:
         return (self.checkpoint_dir(round, name) / MANIFEST).is_file()
 
+    def checkpoint_manifest_hash(self, round: int, name: str) -> str:
+        path = self.checkpoint_dir(round, name) / MANIFEST
+        if not path.is_file():
+            raise StoreError(f"checkpoint {name!r} of round {round} in run {self.run!r} is not finished")
+        return json.loads(path.read_text())["hash"]
+
     def commit_checkpoint(self, tmp_dir: Path, round: int, name: str, manifest: dict[str, Any]) -> Path:
         final = self.checkpoint_dir(round, name)
         if final.exists():

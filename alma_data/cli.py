@@ -1,0 +1,205 @@
+"""The ``alma-data`` command.
+
+    alma-data build round=1 [recipe=default] [run=NAME] [runs_dir=DIR] [KEY=VALUE ...] [--force]
+    alma-data query [run=NAME] [runs_dir=DIR] "SQL" | FILE.sql [--format table|csv|json|parquet] [--out FILE]
+    alma-data tables [run=NAME] [runs_dir=DIR]
+    alma-data runs [runs_dir=DIR]
+    alma-data recipes
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from alma_data.config import RecipeError, available_recipes, load_recipe
+from alma_data.store import Store, StoreError, list_runs
+
+DEFAULT_RUNS_DIR = "data/runs"
+
+EPILOG = """examples:
+  alma-data build round=1                                  # round 1 on the embedded default model
+  alma-data build round=1 recipe=paper model=gemma3-270m   # the paper's settings, another base model
+  alma-data build round=1 run=try2 train.max_steps=4 seeds.max_sft=32
+  alma-data query "select round, count(*) from sft group by all"
+  alma-data query run=default --format csv --out scores.csv "select * from judge_eval"
+  alma-data tables
+"""
+
+
+def _split_assignments(items: list[str], allowed_special: set[str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    special, overrides, rest = {}, {}, []
+    for item in items:
+        if "=" in item and not item.lstrip().lower().startswith(("select", "with", "from")) and " " not in item.split("=", 1)[0]:
+            key, value = item.split("=", 1)
+            (special if key in allowed_special else overrides)[key] = value
+        else:
+            rest.append(item)
+    return special, overrides, rest
+
+
+def _default_run(runs_dir: str, given: str | None) -> str:
+    if given:
+        return given
+    runs = list_runs(runs_dir)
+    if len(runs) == 1:
+        return runs[0]
+    if "default" in runs or not runs:
+        return "default"
+    raise StoreError(f"{runs_dir} holds several runs ({', '.join(runs)}); choose one with run=NAME")
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    special, overrides, rest = _split_assignments(args.assignments, {"round", "recipe", "run", "runs_dir"})
+    if rest:
+        raise RecipeError(f"unexpected argument(s) {rest}; build takes KEY=VALUE pairs, e.g. round=1 responses.n=16")
+    if "round" not in special:
+        raise RecipeError("say which round to build up to: alma-data build round=1")
+    try:
+        target = int(special["round"])
+    except ValueError:
+        raise RecipeError(f"round must be an integer, got {special['round']!r}") from None
+    recipe = load_recipe(special.get("recipe", "default"), overrides)
+    store = Store(special.get("runs_dir", DEFAULT_RUNS_DIR), special.get("run", recipe.name))
+    from alma_data.round import build
+
+    build(recipe, store, target, force=args.force, quiet=args.quiet)
+    return 0
+
+
+def _store_from(special: dict[str, str]) -> Store:
+    runs_dir = special.get("runs_dir", DEFAULT_RUNS_DIR)
+    store = Store(runs_dir, _default_run(runs_dir, special.get("run")))
+    store.read_run()  # a clear error when the run does not exist
+    return store
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    special, _, rest = _split_assignments(args.assignments, {"run", "runs_dir"})
+    if len(rest) != 1:
+        raise RecipeError('query takes one SQL statement or a .sql file: alma-data query "select ..."')
+    sql = rest[0]
+    if sql.endswith(".sql") and Path(sql).is_file():
+        sql = Path(sql).read_text()
+    store = _store_from(special)
+    con = store.connect()
+    rel = con.sql(sql)
+    if rel is None:
+        return 0
+    fmt = args.format
+    if fmt == "parquet":
+        if not args.out:
+            raise RecipeError("--format parquet needs --out FILE.parquet")
+        rel.write_parquet(args.out)
+        return 0
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        if fmt == "table":
+            if args.out:
+                out.write(str(rel))
+            else:
+                rel.show(max_width=200, max_rows=args.max_rows)
+        elif fmt == "csv":
+            writer = csv.writer(out)
+            writer.writerow(rel.columns)
+            writer.writerows(rel.fetchall())
+        elif fmt == "json":
+            rows = [dict(zip(rel.columns, r)) for r in rel.fetchall()]
+            json.dump(rows, out, indent=2, default=str)
+            out.write("\n")
+    finally:
+        if args.out:
+            out.close()
+    return 0
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    special, _, _ = _split_assignments(args.assignments, {"run", "runs_dir"})
+    store = _store_from(special)
+    for table, rounds in store.done_tables().items():
+        m = store.manifest(rounds[-1], table)
+        rows = sum(store.manifest(r, table)["rows"] for r in rounds)
+        cols = ", ".join(f"{k} {v}" for k, v in m["columns"].items())
+        print(f"{table}  rounds {rounds}  {rows:,} rows\n    {cols}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    special, _, _ = _split_assignments(args.assignments, {"runs_dir"})
+    runs_dir = special.get("runs_dir", DEFAULT_RUNS_DIR)
+    runs = list_runs(runs_dir)
+    if not runs:
+        print(f"no runs in {runs_dir}; start one with: alma-data build round=1")
+    for run in runs:
+        info = Store(runs_dir, run).read_run()
+        print(f"{run}  recipe {info['recipe'].get('name')}  fingerprint {info['fingerprint']}  model {info['recipe'].get('model')}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    for name in available_recipes():
+        r = load_recipe(name)
+        print(f"{name}: model {r.model}, K={r.prompts.k}, N={r.responses.n}, rounds={r.rounds}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alma-data", description="Synthetic alignment data after ALMA.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build rounds 1..R of a run (resumes what is missing)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="KEY=VALUE sets any recipe key with a dotted path, e.g. responses.n=16.\n"
+                              "Special keys: round=R, recipe=NAME|FILE.yaml, run=NAME, runs_dir=DIR.\n\n" + EPILOG)
+    b.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
+    b.add_argument("--force", action="store_true", help="accept a changed recipe and rebuild what it touches")
+    b.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
+    b.set_defaults(func=cmd_build)
+    q = sub.add_parser("query", help="SQL over a run: one DuckDB view per table over all rounds",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog='examples:\n  alma-data query "select round, count(*) from sft group by all"\n'
+                              "  alma-data query run=default --format json stats.sql")
+    q.add_argument("assignments", nargs="+", metavar="[run=NAME] SQL")
+    q.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    q.add_argument("--out", help="write to this file instead of the terminal")
+    q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format")
+    q.set_defaults(func=cmd_query)
+    t = sub.add_parser("tables", help="list the tables of a run with their columns and rows")
+    t.add_argument("assignments", nargs="*", metavar="run=NAME")
+    t.set_defaults(func=cmd_tables)
+    r = sub.add_parser("runs", help="list runs")
+    r.add_argument("assignments", nargs="*", metavar="runs_dir=DIR")
+    r.set_defaults(func=cmd_runs)
+    rc = sub.add_parser("recipes", help="list bundled recipes")
+    rc.set_defaults(func=cmd_recipes)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_intermixed_args(argv)
+    try:
+        return args.func(args)
+    except (RecipeError, StoreError) as exc:
+        print(f"alma-data: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from alma_data.models import ModelError
+        from alma_data.round import BuildError
+        from alma_data.seeds import SeedError
+
+        if isinstance(exc, (SeedError, ModelError, BuildError)):
+            print(f"alma-data: error: {exc}", file=sys.stderr)
+            return 2
+        import duckdb
+
+        if isinstance(exc, duckdb.Error):
+            print(f"alma-data: SQL error: {exc}\n(see the tables with: alma-data tables)", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Runs the stages of a round in order; ``build(round=R)`` runs whatever of 1..R is missing."""
+
+from __future__ import annotations
+
+import resource
+import string
+import time
+
+from alma_data.config import Recipe
+from alma_data.stages.base import Context
+from alma_data.stages.judge import judge_eval
+from alma_data.stages.seed import seed_stage
+from alma_data.stages.train import train_judge, train_policy
+from alma_data.store import Store, TableRef
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def m1_names(recipe: Recipe) -> list[str]:
+    """Round 1's SFT checkpoints: m1a, m1b, ... one per seed in ``train.m1_seeds``."""
+    return [f"m1{string.ascii_lowercase[i]}" for i in range(len(recipe.train.m1_seeds))]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def recipe_diff(old: dict, new: dict) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return [f"  {k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def check_run(store: Store, recipe: Recipe, force: bool = False) -> None:
+    """A run keeps one recipe: a changed one is refused unless ``--force``."""
+    if store.exists():
+        old = store.read_run()
+        if old["fingerprint"] != recipe.fingerprint():
+            diff = recipe_diff(old["recipe"], recipe.to_dict())
+            if not force:
+                raise BuildError(
+                    f"run {store.run!r} was built with another recipe ({old['fingerprint']}); the differences:\n"
+                    + "\n".join(diff)
+                    + f"\nStart a new run with run=NEW_NAME, or add --force to rebuild {store.run!r} "
+                    "from the first stage the change touches."
+                )
+    store.write_run(recipe.to_dict(), recipe.fingerprint())
+
+
+def build_round1(ctx: Context) -> None:
+    seed_stage(ctx)
+    for name, seed in zip(m1_names(ctx.recipe), ctx.recipe.train.m1_seeds):
+        train_policy(ctx, 1, name, seed, [TableRef(1, "sft")])
+    train_judge(ctx, 1, "judge", [TableRef(1, "judge_seed")])
+    judge_eval(ctx, 1, "judge")
+
+
+def build(recipe: Recipe, store: Store, target_round: int, *, force: bool = False, quiet: bool = False) -> Context:
+    if target_round < 1:
+        raise BuildError(f"round={target_round}: rounds start at 1")
+    if target_round > 1:
+        raise BuildError(
+            f"round={target_round}: this version of alma-data builds round 1 only; feedback rounds 2..R are not "
+            "implemented yet. Run alma-data build round=1."
+        )
+    check_run(store, recipe, force)
+    ctx = Context(store, recipe, quiet=quiet)
+    t0 = time.time()
+    ctx.log(f"building run {store.run!r} ({store.root}) to round {target_round}, recipe {recipe.name} "
+            f"[{recipe.fingerprint()}], model {recipe.model}")
+    build_round1(ctx)
+    seconds = time.time() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if not ctx.ran:
+        ctx.log(f"run {store.run!r} is already built to round {target_round}: nothing to do")
+    else:
+        ctx.log(f"round {target_round} built: {len(ctx.ran)} stages run, {len(ctx.skipped)} already done, "
+                f"{seconds:.1f}s, peak memory {peak:.0f} MiB; look at it with: "
+                f"alma-data query run={store.run} \"select round, count(*) from sft group by all\"")
+    return ctx

@@ -1,0 +1,76 @@
+"""What every stage shares: the build context, skip-if-done, and summary lines."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from alma_data.config import Recipe, fingerprint
+from alma_data.store import Store, TableRef
+
+
+@dataclass
+class Context:
+    store: Store
+    recipe: Recipe
+    quiet: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def progress(self, total: int, desc: str, unit: str = "it"):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, disable=self.quiet, dynamic_ncols=True)
+
+    # -- skip what is done --------------------------------------------------------------
+    def inputs_hash(self, inputs: list[TableRef]) -> dict[str, str]:
+        return {str(ref): self.store.input_hash(ref) for ref in inputs}
+
+    def table_current(self, round: int, table: str, config_hash: str, inputs: list[TableRef]) -> bool:
+        """Done, and made by this configuration from these inputs (else it is redone)."""
+        m = self.store.manifest(round, table)
+        return m is not None and m["config_hash"] == config_hash and m["inputs"] == self.inputs_hash(inputs)
+
+    def checkpoint_current(self, round: int, name: str, config_hash: str, inputs: dict[str, str]) -> bool:
+        if not self.store.checkpoint_done(round, name):
+            return False
+        import json
+
+        m = json.loads((self.store.checkpoint_dir(round, name) / "_manifest.json").read_text())
+        return m.get("config_hash") == config_hash and m.get("inputs") == inputs
+
+    @contextmanager
+    def stage(self, round: int, name: str) -> Iterator[dict[str, Any]]:
+        """Time a stage; the body fills ``info`` (rows, skipped, rate) for its summary line."""
+        info: dict[str, Any] = {}
+        t0 = time.time()
+        yield info
+        seconds = time.time() - t0
+        self.timings[f"round={round}/{name}"] = seconds
+        (self.skipped if info.get("skipped") else self.ran).append(f"round={round}/{name}")
+        if info.get("skipped"):
+            self.log(f"[round {round}] {name}: already done ({info.get('rows', '?')} rows), skipped")
+        else:
+            extra = f", {info['rate']}" if info.get("rate") else ""
+            self.log(f"[round {round}] {name}: {info.get('rows', 0):,} rows in {seconds:.1f}s{extra}")
+
+
+def config_hash(recipe: Recipe, *keys: str, **extra: Any) -> str:
+    """Hash of the recipe keys a stage depends on, plus stage-specific values."""
+    data = recipe.to_dict()
+    picked: dict[str, Any] = {}
+    for key in keys:
+        value: Any = data
+        for part in key.split("."):
+            value = value[part]
+        picked[key] = value
+    picked.update(extra)
+    return fingerprint(picked)

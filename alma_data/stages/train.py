@@ -1,0 +1,80 @@
+"""Training stages: policy checkpoints (SFT) and the judge, saved as checkpoints of the run."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+from alma_data.models import resolve
+from alma_data.prompting import judge_question, judge_target, render_chat
+from alma_data.stages.base import Context, config_hash
+from alma_data.store import TableRef
+
+TRAIN_KEYS = ("model", "train")
+JUDGE_KEYS = ("model", "judge.scale", "judge.epochs", "judge.learning_rate", "judge.batch_size",
+              "judge.max_length", "judge.max_steps", "train.bf16")
+
+
+def _train_checkpoint(ctx: Context, round: int, name: str, h: str, inputs: list[TableRef], make_dataset,
+                      spec, base: str, render) -> None:
+    from training import train_sft
+
+    store = ctx.store
+    with ctx.stage(round, f"train {name}") as info:
+        input_hashes = ctx.inputs_hash(inputs)
+        if ctx.checkpoint_current(round, name, h, input_hashes):
+            info.update(skipped=True, rows=0)
+            return
+        tmp = store.checkpoint_dir(round, f".{name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        dataset = make_dataset()
+        ctx.log(f"  training {name} from {ctx.recipe.model} on {len(dataset)} examples")
+        summary = train_sft(base, dataset, tmp, spec, log=ctx.log, render_prompt=render)
+        store.commit_checkpoint(tmp, round, name, {
+            "config_hash": h, "inputs": input_hashes, "base_model": ctx.recipe.model, "training": summary,
+        })
+        info.update(rows=summary["examples"], rate=f"{summary['examples'] / max(summary['seconds'], 1e-9):.2f} examples/s")
+
+
+def train_policy(ctx: Context, round: int, name: str, seed: int, sft_tables: list[TableRef]) -> None:
+    """SFT of the *base* model on the union of SFT splits (the paper's choice)."""
+    from training import TrainSpec, parquet_dataset
+
+    t = ctx.recipe.train
+    spec = TrainSpec(epochs=t.epochs, learning_rate=t.learning_rate, batch_size=t.batch_size,
+                     gradient_accumulation=t.gradient_accumulation, max_length=t.max_length,
+                     max_steps=t.max_steps, warmup_ratio=t.warmup_ratio, bf16=t.bf16, seed=seed)
+    files = [f for ref in sft_tables for f in ctx.store.files(ref.round, ref.table)]
+    h = config_hash(ctx.recipe, *TRAIN_KEYS, seed=seed)
+
+    def make_dataset():
+        return parquet_dataset(files, ["prompt", "response"],
+                               lambda r: {"prompt": r["prompt"], "completion": r["response"]})
+
+    _train_checkpoint(ctx, round, name, h, sft_tables, make_dataset, spec, resolve(ctx.recipe.model), render_chat)
+
+
+def train_judge(ctx: Context, round: int, name: str, tables: list[TableRef], base: str | None = None,
+                heldout_column: bool = True) -> None:
+    """Train the judge to answer ``Rating: [[s]]`` to the judge question (held-out rows excluded)."""
+    from training import TrainSpec, parquet_dataset
+
+    j, scale = ctx.recipe.judge, ctx.recipe.judge.scale
+    spec = TrainSpec(epochs=j.epochs, learning_rate=j.learning_rate, batch_size=j.batch_size,
+                     max_length=j.max_length, max_steps=j.max_steps, bf16=ctx.recipe.train.bf16,
+                     seed=ctx.recipe.seed)
+    files = [f for ref in tables for f in ctx.store.files(ref.round, ref.table)]
+    h = config_hash(ctx.recipe, *JUDGE_KEYS, base=base or "")
+
+    def make_dataset():
+        columns = ["prompt", "response", "score"] + (["heldout"] if heldout_column else [])
+        ds = parquet_dataset(files, columns)
+        if heldout_column:
+            ds = ds.filter(lambda r: not r["heldout"])
+        return ds.map(lambda r: {"prompt": judge_question(r["prompt"], r["response"], scale),
+                                 "completion": judge_target(int(math.floor(r["score"] + 0.5)))},
+                      remove_columns=ds.column_names)
+
+    _train_checkpoint(ctx, round, name, h, tables, make_dataset, spec, base or resolve(ctx.recipe.model), render_chat)
+
