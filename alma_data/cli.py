@@ -179,7 +179,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_intermixed_args(argv)
+    p = parser()
+    # Options may come after the SQL or the KEY=VALUE pairs: gather what follows them.
+    args, extra = p.parse_known_args(argv)
+    unknown = [e for e in extra if e.startswith("-")]
+    if unknown or (extra and not hasattr(args, "assignments")):
+        p.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.assignments = list(args.assignments) + extra
     try:
         return args.func(args)
     except (RecipeError, StoreError) as exc:
