@@ -177,10 +177,10 @@ def _score(value: Any, where: str, key: str, top: int) -> int:
 
 def _judge_alma(row: dict[str, Any], where: str, scale: int) -> JudgeSeed:
     prompt = _text(row, "prompt", where, MAX_PROMPT_CHARS)
+    response = _text(row, "response", where, MAX_RESPONSE_CHARS)
     if "score" not in row:
         raise SeedError(f"{where}: missing column 'score' (an integer 0..{scale}); add it")
-    return JudgeSeed(prompt, _text(row, "response", where, MAX_RESPONSE_CHARS),
-                     _score(row["score"], where, "score", scale), str(row.get("group") or prompt))
+    return JudgeSeed(prompt, response, _score(row["score"], where, "score", scale), str(row.get("group") or prompt))
 
 
 def _judge_helpsteer2(row: dict[str, Any], where: str, scale: int) -> JudgeSeed:

@@ -1,0 +1,5 @@
+import sys
+
+from alma_data.cli import main
+
+sys.exit(main())
