@@ -69,7 +69,7 @@ def test_views_over_all_rounds_and_plain_duckdb(tmp_path):
     write_table(store, 1, "t", rows(0, 3), config_hash="h", schema=SCHEMA)
     write_table(store, 2, "t", rows(10, 5), config_hash="h", schema=SCHEMA)
     con = store.connect()
-    got = con.sql("select round, count(*) from t group by all order by round").fetchall()
+    got = con.execute("select round, count(*) from t group by all order by round").fetchall()
     assert got == [(1, 3), (2, 5)]
     plain = duckdb.sql(f"select round, count(*) from read_parquet('{tmp_path}/r/round=*/t/*.parquet', "
                        "hive_partitioning = true) group by all order by round").fetchall()
