@@ -99,6 +99,8 @@ class PromptConfig:
     embedder: Literal["minilm", "base_model"] = "minilm"
     max_words: int = 120
     min_words: int = 3
+    keep_truncated: bool = False
+    """Keep candidates cut off at max_new_tokens (only sensible for untrained test models)."""
     temperature: float = 1.0
     top_p: float = 0.95
     max_new_tokens: int = 96

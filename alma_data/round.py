@@ -8,9 +8,13 @@ import time
 
 from alma_data.config import Recipe
 from alma_data.stages.base import Context
+from alma_data.stages.evaluate import evaluate_round
 from alma_data.stages.judge import judge_eval
+from alma_data.stages.prompts import cluster_candidates, select_prompts, synthesize_candidates
+from alma_data.stages.responses import judge_responses, sample_responses
 from alma_data.stages.seed import seed_stage
-from alma_data.stages.train import train_judge, train_policy
+from alma_data.stages.select import select_data
+from alma_data.stages.train import train_dpo, train_judge, train_policy
 from alma_data.store import Store, TableRef
 
 
@@ -60,22 +64,44 @@ def build_round1(ctx: Context) -> None:
         train_policy(ctx, 1, name, seed, [TableRef(1, "sft")])
     train_judge(ctx, 1, "judge", [TableRef(1, "judge_seed")])
     judge_eval(ctx, 1, "judge")
+    evaluate_round(ctx, 1)
+
+
+def build_feedback_round(ctx: Context, r: int) -> None:
+    """Round r >= 2: prompts -> responses -> judgments -> selection -> M_r (and the judge's distillation)."""
+    recipe = ctx.recipe
+    synthesize_candidates(ctx, r)
+    cluster_candidates(ctx, r)
+    select_prompts(ctx, r)
+    sample_responses(ctx, r)
+    judge_responses(ctx, r)
+    select_data(ctx, r)
+    if recipe.train.trainer == "sft":
+        # The paper's choice: M_r is SFT of the *base* model on D1 u ... u D_r.
+        train_policy(ctx, r, f"m{r}", recipe.seed, [TableRef(k, "sft") for k in range(1, r + 1)])
+    else:
+        train_dpo(ctx, r, f"m{r}", TableRef(r, "dpo"), start=(1, m1_names(recipe)[0]))
+    if r == 2 and recipe.judge.self_distill:
+        # After the first feedback round the judge learns from its own real-valued scores.
+        train_judge(ctx, 2, "judge", [TableRef(1, "judge_seed"), TableRef(2, "judge_distill")], start=(1, "judge"))
+        judge_eval(ctx, 2, "judge")
+    evaluate_round(ctx, r)
 
 
 def build(recipe: Recipe, store: Store, target_round: int, *, force: bool = False, quiet: bool = False) -> Context:
     if target_round < 1:
         raise BuildError(f"round={target_round}: rounds start at 1")
-    if target_round > 1:
-        raise BuildError(
-            f"round={target_round}: this version of alma-data builds round 1 only; feedback rounds 2..R are not "
-            "implemented yet. Run alma-data build round=1."
-        )
+    if target_round > recipe.rounds + 1:
+        raise BuildError(f"round={target_round}: recipe {recipe.name} has rounds={recipe.rounds} feedback rounds "
+                         f"(rounds 1..{recipe.rounds + 1}); raise it with rounds={target_round - 1}")
     check_run(store, recipe, force)
     ctx = Context(store, recipe, quiet=quiet)
     t0 = time.time()
     ctx.log(f"building run {store.run!r} ({store.root}) to round {target_round}, recipe {recipe.name} "
             f"[{recipe.fingerprint()}], model {recipe.model}")
     build_round1(ctx)
+    for r in range(2, target_round + 1):
+        build_feedback_round(ctx, r)
     seconds = time.time() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if not ctx.ran:

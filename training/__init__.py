@@ -1,5 +1,7 @@
 """The thin trainer: TRL SFT / DPO and judge training over the store's splits."""
 
-from training.sft import TrainSpec, parquet_dataset, train_sft
+from training.common import TrainSpec, parquet_dataset
+from training.dpo import train_dpo
+from training.sft import train_sft
 
-__all__ = ["TrainSpec", "parquet_dataset", "train_sft"]
+__all__ = ["TrainSpec", "parquet_dataset", "train_dpo", "train_sft"]

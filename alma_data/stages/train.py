@@ -16,9 +16,10 @@ JUDGE_KEYS = ("model", "judge.scale", "judge.epochs", "judge.learning_rate", "ju
 
 
 def _train_checkpoint(ctx: Context, round: int, name: str, h: str, inputs: list[TableRef], make_dataset,
-                      spec, base: str, render) -> None:
+                      spec, base: str, render, trainer=None) -> None:
     from training import train_sft
 
+    trainer = trainer or train_sft
     store = ctx.store
     with ctx.stage(round, f"train {name}") as info:
         input_hashes = ctx.inputs_hash(inputs)
@@ -29,12 +30,13 @@ def _train_checkpoint(ctx: Context, round: int, name: str, h: str, inputs: list[
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         dataset = make_dataset()
-        ctx.log(f"  training {name} from {ctx.recipe.model} on {len(dataset)} examples")
-        summary = train_sft(base, dataset, tmp, spec, log=ctx.log, render_prompt=render)
+        ctx.log(f"  training {name} from {base} on {len(dataset)} examples")
+        summary = trainer(base, dataset, tmp, spec, log=ctx.log, render_prompt=render)
         store.commit_checkpoint(tmp, round, name, {
-            "config_hash": h, "inputs": input_hashes, "base_model": ctx.recipe.model, "training": summary,
+            "config_hash": h, "inputs": input_hashes, "base_model": ctx.recipe.model, "started_from": base,
+            "training": summary,
         })
-        info.update(rows=summary["examples"], rate=f"{summary['examples'] / max(summary['seconds'], 1e-9):.2f} examples/s")
+        info.update(rows=summary["examples"], rate=f"{summary['examples_seen'] / max(summary['seconds'], 1e-9):.2f} examples/s")
 
 
 def train_policy(ctx: Context, round: int, name: str, seed: int, sft_tables: list[TableRef]) -> None:
@@ -55,26 +57,58 @@ def train_policy(ctx: Context, round: int, name: str, seed: int, sft_tables: lis
     _train_checkpoint(ctx, round, name, h, sft_tables, make_dataset, spec, resolve(ctx.recipe.model), render_chat)
 
 
-def train_judge(ctx: Context, round: int, name: str, tables: list[TableRef], base: str | None = None,
-                heldout_column: bool = True) -> None:
-    """Train the judge to answer ``Rating: [[s]]`` to the judge question (held-out rows excluded)."""
+def train_judge(ctx: Context, round: int, name: str, tables: list[TableRef],
+                start: tuple[int, str] | None = None) -> None:
+    """Train the judge from the base model to answer ``Rating: [[s]]`` to the judge question.
+
+    Seed annotations train it (their held-out rows excepted); in self-distillation the
+    judge's own real-valued scores join them, rounded to the answer format's integers,
+    and training continues from the judge ``start`` instead of the base model.
+    """
+    import datasets
+
     from training import TrainSpec, parquet_dataset
 
     j, scale = ctx.recipe.judge, ctx.recipe.judge.scale
     spec = TrainSpec(epochs=j.epochs, learning_rate=j.learning_rate, batch_size=j.batch_size,
                      max_length=j.max_length, max_steps=j.max_steps, bf16=ctx.recipe.train.bf16,
                      seed=ctx.recipe.seed)
-    files = [f for ref in tables for f in ctx.store.files(ref.round, ref.table)]
-    h = config_hash(ctx.recipe, *JUDGE_KEYS, base=base or "")
+    base = str(ctx.store.checkpoint_dir(*start)) if start else resolve(ctx.recipe.model)
+    h = config_hash(ctx.recipe, *JUDGE_KEYS, start=ctx.store.checkpoint_manifest_hash(*start) if start else "")
 
     def make_dataset():
-        columns = ["prompt", "response", "score"] + (["heldout"] if heldout_column else [])
-        ds = parquet_dataset(files, columns)
-        if heldout_column:
-            ds = ds.filter(lambda r: not r["heldout"])
-        return ds.map(lambda r: {"prompt": judge_question(r["prompt"], r["response"], scale),
-                                 "completion": judge_target(int(math.floor(r["score"] + 0.5)))},
-                      remove_columns=ds.column_names)
+        parts = []
+        for ref in tables:
+            files = ctx.store.files(ref.round, ref.table)
+            has_heldout = "heldout" in ctx.store.manifest(ref.round, ref.table)["columns"]
+            ds = parquet_dataset(files, ["prompt", "response", "score"] + (["heldout"] if has_heldout else []))
+            if has_heldout:
+                ds = ds.filter(lambda r: not r["heldout"]).remove_columns("heldout")
+            parts.append(ds.map(lambda r: {"prompt": judge_question(r["prompt"], r["response"], scale),
+                                           "completion": judge_target(int(math.floor(r["score"] + 0.5)))},
+                                remove_columns=ds.column_names))
+        return datasets.concatenate_datasets(parts)
 
-    _train_checkpoint(ctx, round, name, h, tables, make_dataset, spec, base or resolve(ctx.recipe.model), render_chat)
+    _train_checkpoint(ctx, round, name, h, tables, make_dataset, spec, base, render_chat)
 
+
+def train_dpo(ctx: Context, round: int, name: str, pairs: TableRef, start: tuple[int, str]) -> None:
+    """The alternative trainer: DPO from a round-1 checkpoint on this round's pairs."""
+    from training import TrainSpec, parquet_dataset
+    from training.dpo import train_dpo as run_dpo
+
+    t = ctx.recipe.train
+    spec = TrainSpec(epochs=t.epochs, learning_rate=t.learning_rate, batch_size=t.batch_size,
+                     gradient_accumulation=t.gradient_accumulation, max_length=t.max_length,
+                     max_steps=t.max_steps, warmup_ratio=t.warmup_ratio, bf16=t.bf16, seed=ctx.recipe.seed)
+    store = ctx.store
+    base = str(store.checkpoint_dir(*start))
+    h = config_hash(ctx.recipe, *TRAIN_KEYS, start=store.checkpoint_manifest_hash(*start))
+
+    def make_dataset():
+        return parquet_dataset(store.files(pairs.round, pairs.table), ["prompt", "chosen", "rejected"])
+
+    def train(base_path, dataset, out, spec_, log, render_prompt):
+        return run_dpo(base_path, dataset, out, spec_, beta=t.dpo_beta, log=log, render_prompt=render_prompt)
+
+    _train_checkpoint(ctx, round, name, h, [pairs], make_dataset, spec, base, render_chat, trainer=train)

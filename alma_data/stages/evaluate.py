@@ -1,0 +1,63 @@
+"""Progress across rounds: the held-out seed prompts answered greedily by the round's model.
+
+The round-1 judge scores every round's answers, so the yardstick stays fixed while the
+models change (the paper's Figure 2, on our data).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from alma_data import schemas
+from alma_data.engines import SamplingParams, load_engine
+from alma_data.prompting import render_chat, stop_strings
+from alma_data.stages.base import Context, config_hash
+from alma_data.stages.judge import open_judge, real_valued_score
+from alma_data.store import TableRef, write_table
+
+EVAL = pa.schema([
+    ("prompt_id", pa.string()), ("prompt", pa.string()), ("model", pa.string()), ("response", pa.string()),
+    ("n_tokens", pa.int32()), ("finish_reason", pa.string()), ("score", pa.float64()), ("score_int", pa.int32()),
+    ("probs", schemas.SCORE_PROBS), ("judge", pa.string()),
+])
+
+
+def round_model(round: int) -> tuple[int, str]:
+    """The model a round produces: m1a in round 1 (first seed), M_r after."""
+    return (1, "m1a") if round == 1 else (round, f"m{round}")
+
+
+def evaluate_round(ctx: Context, round: int) -> None:
+    recipe, store = ctx.recipe, ctx.store
+    mr, mname = round_model(round)
+    inputs = [TableRef(1, "prompts")]
+    h = config_hash(recipe, "eval", "judge.scale", "dtype", "engine",
+                    model=store.checkpoint_manifest_hash(mr, mname), judge=store.checkpoint_manifest_hash(1, "judge"))
+    with ctx.stage(round, "held-out eval") as info:
+        if ctx.table_current(round, "eval", h, inputs):
+            info.update(skipped=True, rows=store.manifest(round, "eval")["rows"])
+            return
+        prompts = [r for r in store.read(1, "prompts").to_pylist() if r["split"] == "eval"]
+        engine = load_engine(recipe.engine, str(store.checkpoint_dir(mr, mname)), dtype=recipe.dtype,
+                             batch_rows=recipe.responses.batch_size)
+        tok = engine.tokenizer
+        with ctx.progress(len(prompts), f"answering held-out prompts with {mname}", "prompt") as bar:
+            out = engine.generate([render_chat(tok, p["prompt"]) for p in prompts],
+                                  SamplingParams(n=1, temperature=0.0, max_new_tokens=recipe.eval.max_new_tokens,
+                                                 stop=stop_strings(tok), seed=0), progress=bar)
+        rate = f"{engine.stats.tokens_per_second:.0f} tok/s"
+        engine.close()
+        answers = [o[0] for o in out]
+        judge = open_judge(ctx, str(store.checkpoint_dir(1, "judge")))
+        with ctx.progress(len(prompts), "judging held-out answers", "pair") as bar:
+            probs, score, score_int = real_valued_score(judge, [p["prompt"] for p in prompts],
+                                                        [a.text for a in answers], recipe.judge.scale, bar)
+        judge.close()
+        rows = [{"prompt_id": p["prompt_id"], "prompt": p["prompt"], "model": f"round={mr}/{mname}",
+                 "response": a.text, "n_tokens": a.n_tokens, "finish_reason": a.finish_reason, "score": float(s),
+                 "score_int": int(si), "probs": pr.astype(np.float32).tolist(), "judge": "round=1/judge"}
+                for p, a, pr, s, si in zip(prompts, answers, probs, score, score_int)]
+        m = write_table(store, round, "eval", rows, config_hash=h, schema=EVAL, inputs=inputs,
+                        mean_score=float(np.mean(score)) if len(rows) else None)
+        info.update(rows=m["rows"], rate=f"{rate}; mean held-out score {m['mean_score']:.3f}" if rows else rate)

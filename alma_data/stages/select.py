@@ -1,0 +1,46 @@
+"""Selection in SQL: best-of-n -> ``sft``, preference pairs -> ``dpo``, a sample -> ``judge_distill``."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from alma_data import schemas
+from alma_data.ids import seed_int
+from alma_data.sql import run_sql
+from alma_data.stages.base import Context, config_hash
+from alma_data.stages.responses import register_round_views
+from alma_data.store import TableRef, write_table
+
+SFT_BEST = pa.schema(list(schemas.SFT) + [("response_id", pa.string()), ("n", pa.int64())])
+DPO = pa.schema([
+    ("prompt_id", pa.string()), ("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string()),
+    ("chosen_score", pa.float64()), ("rejected_score", pa.float64()), ("chosen_id", pa.string()),
+    ("rejected_id", pa.string()), ("strategy", pa.string()),
+])
+DISTILL = pa.schema([
+    ("response_id", pa.string()), ("prompt_id", pa.string()), ("prompt", pa.string()), ("response", pa.string()),
+    ("score", pa.float64()), ("score_int", pa.int32()), ("probs", schemas.SCORE_PROBS),
+])
+
+
+def select_data(ctx: Context, round: int) -> None:
+    recipe, store = ctx.recipe, ctx.store
+    inputs = [TableRef(round, t) for t in ("prompts", "responses", "judgments")]
+    seed = seed_int(recipe.seed, round, "select")
+    specs = [
+        ("sft", "best_of_n", SFT_BEST, {}),
+        ("dpo", "pairs", DPO, {"strategy": recipe.select.pairs, "seed": seed}),
+        ("judge_distill", "judge_distill", DISTILL, {"n": recipe.judge.distill_samples, "seed": seed}),
+    ]
+    for table, sql_name, schema, params in specs:
+        h = config_hash(recipe, "select", "judge.distill_samples", "seed", round=round)
+        with ctx.stage(round, table) as info:
+            if ctx.table_current(round, table, h, inputs):
+                info.update(skipped=True, rows=store.manifest(round, table)["rows"])
+                continue
+            con = store.connect()
+            register_round_views(con, store, round)
+            result = run_sql(con, sql_name, **params).to_arrow_table()
+            m = write_table(store, round, table, result.select(schema.names).cast(schema), config_hash=h,
+                            schema=schema, inputs=inputs, sql=f"sql/{sql_name}.sql", params=params)
+            info.update(rows=m["rows"])

@@ -1,0 +1,92 @@
+"""What the SFT and DPO trainers share: the knobs, the data, saving and the summary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class TrainSpec:
+    epochs: float = 1.0
+    learning_rate: float = 5e-5
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    max_length: int = 384
+    max_steps: int = -1
+    warmup_ratio: float = 0.05
+    bf16: bool = False
+    seed: int = 0
+
+
+def load_base(model_path: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    return model, tokenizer
+
+
+def parquet_dataset(files: list[str | Path], columns: list[str], to_example: Callable[[dict], dict] | None = None):
+    """A ``datasets.Dataset`` straight from the store's shards (optionally mapped to prompt/completion)."""
+    import datasets
+
+    # Only the needed columns: tables of different rounds may carry different extras.
+    ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train", columns=columns)
+    return ds if to_example is None else ds.map(to_example, remove_columns=columns)
+
+
+def common_args(spec: TrainSpec, out_dir: Path, n_examples: int) -> dict[str, Any]:
+    """TrainingArguments both TRL configs take."""
+    return dict(
+        output_dir=str(out_dir / "_trainer"),
+        num_train_epochs=spec.epochs,
+        max_steps=spec.max_steps,
+        per_device_train_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.gradient_accumulation,
+        learning_rate=spec.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=spec.warmup_ratio,  # a float below 1 is a ratio of all steps
+        max_length=spec.max_length,
+        bf16=spec.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        seed=spec.seed,
+        data_seed=spec.seed,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(1, min(10, n_examples // max(1, spec.batch_size) // 4)),
+    )
+
+
+def run_and_save(trainer, tokenizer, out_dir: Path, spec: TrainSpec, base: str, n_examples: int,
+                 log: Callable[[str], None], kind: str) -> dict[str, Any]:
+    t0 = time.time()
+    result = trainer.train()
+    seconds = time.time() - t0
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
+    seen = min(n_examples * spec.epochs, result.global_step * spec.batch_size * spec.gradient_accumulation) \
+        if spec.max_steps > 0 else n_examples * spec.epochs
+    summary = {
+        "trainer": kind,
+        "base": base,
+        "examples": n_examples,
+        "examples_seen": int(seen),
+        "steps": result.global_step,
+        "train_loss": float(result.training_loss),
+        "seconds": round(seconds, 2),
+        "spec": asdict(spec),
+    }
+    (out_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    log(f"  {kind}: {n_examples} examples ({int(seen)} seen), {result.global_step} steps in {seconds:.1f}s, "
+        f"loss {result.training_loss:.3f}, {seen / max(seconds, 1e-9):.2f} examples/s")
+    return summary
