@@ -26,7 +26,7 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: fl
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """One real round-1 build of the tiny recipe, shared by the tests that only read it."""
+    """One real three-round build of the tiny recipe, shared by the tests that only read it."""
     runs = tmp_path_factory.mktemp("runs")
-    run_cli("build", "round=1", "recipe=tiny", f"runs_dir={runs}", "run=shared")
+    run_cli("build", "round=3", "recipe=tiny", f"runs_dir={runs}", "run=shared")
     return runs

@@ -43,13 +43,13 @@ def test_round1_writes_the_contracted_tables_and_checkpoints(tiny_run):
     # Eval prompts are held out of SFT; held-out annotations are the ones judged.
     assert con.execute("select count(*) from sft join prompts using (prompt_id) where split = 'eval'").fetchone()[0] == 0
     held = con.execute("select count(*) from judge_seed where heldout").fetchone()[0]
-    assert con.execute("select count(*) from judge_eval").fetchone()[0] == held > 0
+    assert con.execute("select count(*) from judge_eval where round = 1").fetchone()[0] == held > 0
     # Real-valued scores are expectations of the 11 probabilities; integer scores their argmax.
     for score, score_int, probs in con.execute("select score, score_int, probs from judge_eval").fetchall():
         assert len(probs) == 11 and abs(sum(probs) - 1) < 1e-4
         assert abs(score - sum(i * p for i, p in enumerate(probs))) < 1e-3
         assert score_int == max(range(11), key=lambda i: probs[i])
-    metrics = dict(con.execute("select metric, value from judge_quality").fetchall())
+    metrics = dict(con.execute("select metric, value from judge_quality where round = 1").fetchall())
     assert {"pairwise_accuracy_real", "pairwise_accuracy_int", "spearman_real", "spearman_int"} <= set(metrics)
 
 
@@ -66,7 +66,7 @@ def test_query_command_and_formats(tiny_run, tmp_path):
     js = run_cli("query", f"runs_dir={tiny_run}", "select count(*) as n from judge_seed", "--format", "json").stdout
     assert json.loads(js) == [{"n": 64}]
     csv_out = tmp_path / "q.csv"
-    run_cli("query", f"runs_dir={tiny_run}", "--format", "csv", "--out", str(csv_out), "select prompt_id from prompts")
+    run_cli("query", f"runs_dir={tiny_run}", "--format", "csv", "--out", str(csv_out), "select prompt_id from prompts where round = 1")
     assert len(csv_out.read_text().splitlines()) == 49
     pq_out = tmp_path / "q.parquet"
     run_cli("query", f"runs_dir={tiny_run}", "--format", "parquet", "--out", str(pq_out), "select * from sft")
