@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from contextlib import contextmanager
@@ -42,8 +43,6 @@ class Context:
     def checkpoint_current(self, round: int, name: str, config_hash: str, inputs: dict[str, str]) -> bool:
         if not self.store.checkpoint_done(round, name):
             return False
-        import json
-
         m = json.loads((self.store.checkpoint_dir(round, name) / "_manifest.json").read_text())
         return m.get("config_hash") == config_hash and m.get("inputs") == inputs
 

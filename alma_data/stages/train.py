@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -24,7 +25,8 @@ def _train_checkpoint(ctx: Context, round: int, name: str, h: str, inputs: list[
     with ctx.stage(round, f"train {name}") as info:
         input_hashes = ctx.inputs_hash(inputs)
         if ctx.checkpoint_current(round, name, h, input_hashes):
-            info.update(skipped=True, rows=0)
+            done = json.loads((store.checkpoint_dir(round, name) / "_manifest.json").read_text())
+            info.update(skipped=True, rows=done["training"]["examples"])
             return
         tmp = store.checkpoint_dir(round, f".{name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
