@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from alma_data.config import RecipeError, available_recipes, load_recipe
+from alma_data.config import RecipeError, apply_override, available_recipes, load_recipe, recipe_from_dict
 from alma_data.store import Store, StoreError, list_runs
 
 DEFAULT_RUNS_DIR = "data/runs"
@@ -62,8 +62,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         target = int(special["round"])
     except ValueError:
         raise RecipeError(f"round must be an integer, got {special['round']!r}") from None
-    recipe = load_recipe(special.get("recipe", "default"), overrides)
-    store = Store(special.get("runs_dir", DEFAULT_RUNS_DIR), special.get("run", recipe.name))
+    runs_dir = special.get("runs_dir", DEFAULT_RUNS_DIR)
+    existing = Store(runs_dir, special["run"]) if "run" in special else None
+    if existing is not None and existing.exists() and "recipe" not in special:
+        # Continuing a run: its own recipe, with any overrides on top.
+        recipe = recipe_from_dict(existing.read_run()["recipe"])
+        for key, value in overrides.items():
+            apply_override(recipe, key, value)
+    else:
+        recipe = load_recipe(special.get("recipe", "default"), overrides)
+    store = Store(runs_dir, special.get("run", recipe.name))
     from alma_data.round import build
 
     build(recipe, store, target, force=args.force, quiet=args.quiet)
@@ -139,6 +147,62 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from alma_data.status import format_status
+
+    special, _, _ = _split_assignments(args.assignments, {"run", "runs_dir"})
+    print(format_status(_store_from(special)))
+    return 0
+
+
+def _bool(value: str, key: str) -> bool:
+    if value.lower() in ("true", "yes", "1"):
+        return True
+    if value.lower() in ("false", "no", "0"):
+        return False
+    raise RecipeError(f"{key} must be true or false, got {value!r}")
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from alma_data.publish import PublishError, export, push
+
+    keys = {"run", "runs_dir", "repo", "rounds", "splits", "raw", "private", "revision", "to", "license"}
+    special, unknown, rest = _split_assignments(args.assignments, keys)
+    if unknown or rest:
+        raise RecipeError(f"publish does not take {sorted(unknown) or rest}; it takes {', '.join(sorted(keys))}")
+    if "repo" not in special or "/" not in special["repo"]:
+        raise RecipeError("say where to publish: repo=ORG/NAME (a Hub dataset repository)")
+    store = _store_from(special)
+    rounds = [int(r) for r in special["rounds"].split(",")] if "rounds" in special else None
+    splits = special["splits"].split(",") if "splits" in special else None
+    folder = Path(special["to"]) if "to" in special else store.root / "export" / special["repo"].replace("/", "__")
+    try:
+        counts = export(store, folder, special["repo"], rounds=rounds, splits=splits,
+                        raw=_bool(special.get("raw", "false"), "raw"), license=special.get("license", "apache-2.0"))
+        total = sum(sum(c.values()) for c in counts.values())
+        print(f"wrote {folder}: {len(counts)} configs ({', '.join(counts)}), {total:,} rows", file=sys.stderr)
+        if args.dry_run or "to" in special:
+            print(f"dry run: nothing uploaded. Load it with datasets.load_dataset({str(folder)!r}, CONFIG)", file=sys.stderr)
+            return 0
+        url = push(store, folder, special["repo"], private=_bool(special.get("private", "false"), "private"),
+                   revision=special.get("revision"))
+    except PublishError as exc:
+        print(f"alma-data: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"published {special['repo']}: {url}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from alma_data.report import build_report
+
+    special, _, _ = _split_assignments(args.assignments, {"run", "runs_dir"})
+    out = build_report(_store_from(special))
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    print(f"wrote {out}/report.md and report.html with {len(pngs)} plots: {', '.join(pngs)}", file=sys.stderr)
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     for name in available_recipes():
         r = load_recipe(name)
@@ -173,6 +237,27 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("runs", help="list runs")
     r.add_argument("assignments", nargs="*", metavar="runs_dir=DIR")
     r.set_defaults(func=cmd_runs)
+    st = sub.add_parser("status", help="each round's tables and checkpoints: done, partial or missing",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example:\n  alma-data status run=default")
+    st.add_argument("assignments", nargs="*", metavar="run=NAME")
+    st.set_defaults(func=cmd_status)
+    pb = sub.add_parser("publish", help="publish a run to the Hugging Face Hub as one dataset (or a folder)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="keys: repo=ORG/NAME (required), run=NAME, rounds=1,2, splits=sft,dpo,judge_distill,\n"
+                               "      raw=true (add prompts/responses/judgments), private=true, revision=BRANCH,\n"
+                               "      license=apache-2.0, to=DIR (write the folder only)\n"
+                               "The token comes from HF_TOKEN or `hf auth login`.\n\nexamples:\n"
+                               "  alma-data publish run=default repo=me/alma-smollm2 --dry-run\n"
+                               "  alma-data publish run=default repo=me/alma-smollm2 splits=sft,dpo private=true")
+    pb.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
+    pb.add_argument("--dry-run", action="store_true", help="write the folder that would be uploaded, upload nothing")
+    pb.set_defaults(func=cmd_publish)
+    rp = sub.add_parser("report", help="per-round statistics and plots (Markdown + HTML) in the run folder",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example:\n  alma-data report run=default   # then open data/runs/default/report/report.html")
+    rp.add_argument("assignments", nargs="*", metavar="run=NAME")
+    rp.set_defaults(func=cmd_report)
     rc = sub.add_parser("recipes", help="list bundled recipes")
     rc.set_defaults(func=cmd_recipes)
     return p

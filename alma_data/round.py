@@ -27,6 +27,20 @@ def m1_names(recipe: Recipe) -> list[str]:
     return [f"m1{string.ascii_lowercase[i]}" for i in range(len(recipe.train.m1_seeds))]
 
 
+def round_plan(recipe: Recipe, r: int) -> list[tuple[str, str]]:
+    """What round r leaves in the store when done: ("table" | "checkpoint", name), in build order."""
+    if r == 1:
+        return ([("table", "prompts"), ("table", "sft"), ("table", "judge_seed")]
+                + [("checkpoint", n) for n in m1_names(recipe)]
+                + [("checkpoint", "judge"), ("table", "judge_eval"), ("table", "judge_quality"), ("table", "eval")])
+    plan = [("table", t) for t in ("prompt_candidates", "prompt_clusters", "prompts", "responses", "judgments",
+                                   "sft", "dpo", "judge_distill")]
+    plan.append(("checkpoint", f"m{r}"))
+    if r == 2 and recipe.judge.self_distill:
+        plan += [("checkpoint", "judge"), ("table", "judge_eval"), ("table", "judge_quality")]
+    return plan + [("table", "eval")]
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():

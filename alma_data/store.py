@@ -31,6 +31,7 @@ from alma_data import __version__
 
 MANIFEST = "_manifest.json"
 STATE = "_state.json"
+PROGRESS = "_progress.json"
 SHARD_RE = re.compile(r"^part-(\d{5})\.parquet$")
 
 
@@ -225,6 +226,11 @@ class TableWriter:
     @property
     def done(self) -> bool:
         return (self.dir / MANIFEST).is_file()
+
+    def expect(self, shards: int) -> "TableWriter":
+        """Record how many shards the table will have, so ``status`` can show partial progress."""
+        write_json_atomic(self.dir / PROGRESS, {"expected_shards": shards})
+        return self
 
     def shard_path(self, index: int) -> Path:
         return self.dir / f"part-{index:05d}.parquet"

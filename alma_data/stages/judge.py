@@ -48,6 +48,7 @@ def judge_eval(ctx: Context, round: int, judge: str) -> None:
         writer = store.writer(round, table, config_hash=h, schema=schemas.JUDGE_EVAL, inputs=inputs)
         shard_rows = recipe.store.shard_rows
         n_shards = max(1, -(-len(rows) // shard_rows))
+        writer.expect(n_shards)
         todo = [i for i in range(n_shards) if i not in writer.done_shards()]
         if todo:
             engine = open_judge(ctx, str(store.checkpoint_dir(round, judge)))

@@ -89,6 +89,7 @@ def synthesize_candidates(ctx: Context, round: int) -> None:
         writer = store.writer(round, "prompt_candidates", config_hash=h, schema=CANDIDATES, inputs=inputs)
         per_shard = recipe.store.shard_rows
         n_shards = -(-n_candidates // per_shard)
+        writer.expect(n_shards)
         todo = [i for i in range(n_shards) if i not in writer.done_shards()]
         engine = None
         if todo:

@@ -61,6 +61,7 @@ def sample_responses(ctx: Context, round: int) -> None:
         per = recipe.store.shard_rows
         chunks = [prompts[i:i + per] for i in range(0, len(prompts), per)]
         writer = store.writer(round, "responses", config_hash=h, schema=schemas.RESPONSES, inputs=inputs)
+        writer.expect(len(mix) * len(chunks))
         done = writer.done_shards()
         offsets = np.cumsum([0] + [c for _, _, c in mix]).tolist()
         stats = []
@@ -124,7 +125,7 @@ def judge_responses(ctx: Context, round: int) -> None:
         ).fetchall()
         per = recipe.store.shard_rows
         n_shards = max(1, -(-len(rows) // per))
-        writer = store.writer(round, "judgments", config_hash=h, schema=schemas.JUDGMENTS, inputs=inputs)
+        writer = store.writer(round, "judgments", config_hash=h, schema=schemas.JUDGMENTS, inputs=inputs).expect(n_shards)
         todo = [i for i in range(n_shards) if i not in writer.done_shards()]
         rate = ""
         if todo:

@@ -1,0 +1,215 @@
+"""Per-round statistics and plots of a run, computed with SQL over the store.
+
+Writes ``<run>/report/``: one PNG per figure, ``report.md`` and a self-contained
+``report.html`` (images beside it, no server needed).
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from alma_data.sql import load_sql
+from alma_data.store import Store
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    caption: str
+    columns: list[str]
+    rows: list[tuple]
+
+
+def _query(con, sql: str) -> tuple[list[str], list[tuple]]:
+    try:
+        cur = con.execute(sql)
+    except Exception:  # the run has no such table yet (e.g. only round 1 built)
+        return [], []
+    return [d[0] for d in cur.description], cur.fetchall()
+
+
+def _plot(path: Path, draw: Callable) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    draw(ax)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _by_round(rows: list[tuple]) -> dict:
+    out: dict = {}
+    for row in rows:
+        out.setdefault(row[0], []).append(row[1:])
+    return out
+
+
+def build_report(store: Store) -> Path:
+    out = store.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    con = store.connect()
+    figures: list[Figure] = []
+
+    def add(name, title, caption, sql, draw):
+        cols, rows = _query(con, sql)
+        if not rows:
+            return
+        _plot(out / f"{name}.png", lambda ax: (draw(ax, rows), ax.set_title(title)))
+        figures.append(Figure(name, title, caption, cols, rows))
+
+    def hist(ax, rows):
+        for rnd, pts in _by_round(rows).items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"round {rnd}")
+        ax.set_xlabel("judge score (real-valued, bucket = floor)")
+        ax.set_ylabel("share of responses")
+        ax.set_xticks(range(0, 11))
+        ax.legend()
+
+    add("score_histogram", "Judge scores per round",
+        "Share of responses in each one-point score bucket, per round.",
+        "select round, bucket, n * 1.0 / sum(n) over (partition by round) as share from "
+        "(select round, floor(score) as bucket, count(*) as n from judgments group by round, bucket) "
+        "order by round, bucket", hist)
+
+    def curve(ax, rows):
+        for rnd, pts in _by_round(rows).items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"round {rnd}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("n (responses drawn per prompt)")
+        ax.set_ylabel("expected best judge score")
+        ax.legend()
+
+    add("best_of_n_curve", "Best-of-n: expected best score against n",
+        "The expected best score when n of a prompt's N responses are drawn (the paper's Figure 3).",
+        load_sql("best_of_n_curve"), curve)
+
+    def progress(ax, rows):
+        ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o")
+        ax.set_xlabel("round")
+        ax.set_ylabel("mean judge score on held-out prompts")
+        ax.set_xticks([r[0] for r in rows])
+
+    add("heldout_progress", "Held-out score of each round's model",
+        "Held-out seed prompts answered greedily by each round's model, scored by the round-1 judge (Figure 2).",
+        "select round, avg(score) as mean_score, count(*) as prompts from eval group by all order by round", progress)
+
+    def per_checkpoint(ax, rows):
+        data = _by_round(rows)
+        names = sorted({p[0] for pts in data.values() for p in pts})
+        bottom = [0] * len(data)
+        rounds = list(data)
+        for name in names:
+            vals = [dict(data[r]).get(name, 0) for r in rounds]
+            ax.bar([str(r) for r in rounds], vals, bottom=bottom, label=name)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax.set_xlabel("round")
+        ax.set_ylabel("responses")
+        ax.legend()
+
+    add("responses_per_checkpoint", "Responses per checkpoint",
+        "Responses sampled in each round, by the checkpoint that wrote them (the checkpoint mix).",
+        "select round, checkpoint, count(*) as responses from responses group by all order by all", per_checkpoint)
+
+    def lengths(ax, rows):
+        for rnd, pts in _by_round(rows).items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=f"round {rnd}")
+        ax.set_xlabel("prompt length (words, bucket of 10)")
+        ax.set_ylabel("prompts")
+        ax.legend()
+
+    add("prompt_lengths", "Prompt lengths per round",
+        "Prompts per length bucket, per round (round 1: the seeds).",
+        "select round, floor(len(string_split(prompt, ' ')) / 10) * 10 as words, count(*) as prompts "
+        "from prompts group by all order by all", lengths)
+
+    def coverage(ax, rows):
+        ax.bar([str(r[0]) for r in rows], [r[1] for r in rows], label="clusters")
+        ax.bar([str(r[0]) for r in rows], [r[2] for r in rows], label="clusters with a selected prompt")
+        ax.set_xlabel("round")
+        ax.set_ylabel("clusters")
+        ax.legend()
+
+    add("cluster_coverage", "Cluster coverage",
+        "k-means clusters over the unique candidates, and how many of them gave a selected prompt.",
+        "select c.round, count(distinct c.cluster) as clusters, count(distinct p.cluster) as covered "
+        "from prompt_clusters c left join prompts p on p.round = c.round and p.prompt_id = c.prompt_id "
+        "group by all order by c.round", coverage)
+
+    def funnel(ax, rows):
+        stages = ["candidates", "parsed", "unique", "selected"]
+        width = 0.8 / len(rows)
+        for i, r in enumerate(rows):
+            vals = [r[1], r[1] - r[2], r[1] - r[2] - r[3], r[5]]
+            ax.bar([k + i * width for k in range(len(stages))], vals, width=width, label=f"round {r[0]}")
+        ax.set_xticks([k + width * (len(rows) - 1) / 2 for k in range(len(stages))], stages)
+        ax.set_ylabel("prompts")
+        ax.legend()
+
+    add("dedup_funnel", "Prompt funnel: candidates -> parsed -> unique -> selected",
+        "Synthetic candidates, those that parsed, those left after exact dedup, and those the rebalancing picked.",
+        load_sql("prompt_funnel"), funnel)
+
+    def quality(ax, rows):
+        labels = [f"round {r[0]} judge" for r in rows]
+        ax.bar([k - 0.2 for k in range(len(rows))], [r[1] for r in rows], width=0.4, label="integer score")
+        ax.bar([k + 0.2 for k in range(len(rows))], [r[2] for r in rows], width=0.4, label="real-valued score")
+        ax.set_xticks(range(len(rows)), labels)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("pairwise accuracy on held-out annotations")
+        ax.legend()
+
+    add("judge_quality", "Judge quality: integer vs real-valued, before and after self-distillation",
+        "Pairwise accuracy on held-out annotations (ties count as wrong); round 2's judge is the self-distilled one.",
+        "select round, max(value) filter (where metric = 'pairwise_accuracy_int') as integer, "
+        "max(value) filter (where metric = 'pairwise_accuracy_real') as real_valued, "
+        "max(value) filter (where metric = 'spearman_real') as spearman_real "
+        "from judge_quality group by all order by round", quality)
+
+    _write_markdown(store, out, figures)
+    _write_html(store, out, figures)
+    return out
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _write_markdown(store: Store, out: Path, figures: list[Figure]) -> None:
+    info = store.read_run()
+    lines = [f"# alma-data report: run {store.run}", "",
+             f"Recipe `{info['recipe'].get('name')}` (fingerprint `{info['fingerprint']}`), "
+             f"model `{info['recipe'].get('model')}`.", ""]
+    for f in figures:
+        lines += [f"## {f.title}", "", f.caption, "", f"![{f.title}]({f.name}.png)", "",
+                  "| " + " | ".join(f.columns) + " |", "|" + "---|" * len(f.columns)]
+        lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in f.rows[:40]]
+        lines.append("")
+    (out / "report.md").write_text("\n".join(lines))
+
+
+def _write_html(store: Store, out: Path, figures: list[Figure]) -> None:
+    info = store.read_run()
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>alma-data report: {html.escape(store.run)}</title>",
+             "<style>body{font-family:sans-serif;max-width:960px;margin:auto;padding:1em}"
+             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:2px 6px}"
+             "img{max-width:100%}</style></head><body>",
+             f"<h1>alma-data report: run {html.escape(store.run)}</h1>",
+             f"<p>Recipe <code>{html.escape(str(info['recipe'].get('name')))}</code> (fingerprint "
+             f"<code>{info['fingerprint']}</code>), model <code>{html.escape(str(info['recipe'].get('model')))}</code>.</p>"]
+    for f in figures:
+        parts += [f"<h2>{html.escape(f.title)}</h2><p>{html.escape(f.caption)}</p>",
+                  f"<img src='{f.name}.png' alt='{html.escape(f.title)}'>",
+                  "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in f.columns) + "</tr>"]
+        parts += ["<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in f.rows[:40]]
+        parts.append("</table>")
+    parts.append("</body></html>")
+    (out / "report.html").write_text("\n".join(parts))

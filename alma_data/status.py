@@ -1,0 +1,77 @@
+"""Where a run stands: each round's tables and checkpoints as done, partial or missing."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from alma_data.config import recipe_from_dict
+from alma_data.round import round_plan
+from alma_data.store import MANIFEST, PROGRESS, SHARD_RE, Store
+
+
+@dataclass
+class Item:
+    round: int
+    kind: str
+    name: str
+    state: str      # done | partial | missing
+    detail: str
+
+
+def run_status(store: Store) -> tuple[dict, list[Item]]:
+    info = store.read_run()
+    recipe = recipe_from_dict(info["recipe"])
+    built = [int(m.group(1)) for p in store.root.glob("round=*") if (m := re.fullmatch(r"round=(\d+)", p.name))]
+    last = max([recipe.rounds + 1] + built)
+    items = []
+    for r in range(1, last + 1):
+        for kind, name in round_plan(recipe, r):
+            items.append(_item(store, r, kind, name))
+    return info, items
+
+
+def _item(store: Store, r: int, kind: str, name: str) -> Item:
+    if kind == "checkpoint":
+        path = store.checkpoint_dir(r, name)
+        if (path / MANIFEST).is_file():
+            m = json.loads((path / MANIFEST).read_text())
+            t = m.get("training", {})
+            return Item(r, kind, name, "done", f"{t.get('examples', '?')} examples, {t.get('steps', '?')} steps")
+        tmp = store.checkpoint_dir(r, f".{name}.tmp")
+        return Item(r, kind, name, "partial" if tmp.exists() else "missing",
+                    "training was interrupted; it restarts" if tmp.exists() else "")
+    d = store.table_dir(r, name)
+    if (d / MANIFEST).is_file():
+        m = json.loads((d / MANIFEST).read_text())
+        return Item(r, kind, name, "done", f"{m['rows']:,} rows in {len(m['shards'])} shards")
+    shards = [p for p in d.glob("part-*.parquet") if SHARD_RE.match(p.name)] if d.is_dir() else []
+    if not shards:
+        return Item(r, kind, name, "missing", "")
+    expected = json.loads((d / PROGRESS).read_text())["expected_shards"] if (d / PROGRESS).is_file() else None
+    return Item(r, kind, name, "partial", f"{len(shards)} of {expected if expected else '?'} shards written")
+
+
+def format_status(store: Store) -> str:
+    info, items = run_status(store)
+    recipe = info["recipe"]
+    lines = [f"run {store.run}  ({store.root})",
+             f"recipe {recipe.get('name')}  fingerprint {info['fingerprint']}  model {recipe.get('model')}", ""]
+    current = None
+    for it in items:
+        if it.round != current:
+            current = it.round
+            states = {i.state for i in items if i.round == it.round}
+            head = "done" if states == {"done"} else "missing" if states == {"missing"} else "partial"
+            lines.append(f"round {it.round}: {head}")
+        mark = {"done": "ok", "partial": "..", "missing": "--"}[it.state]
+        lines.append(f"  [{mark}] {it.kind:<10} {it.name:<18} {it.state:<8} {it.detail}")
+    todo = [i for i in items if i.state != "done"]
+    if todo:
+        first = todo[0]
+        lines += ["", f"next: round {first.round}, {first.kind} {first.name} ({first.state}). "
+                      f"Resume with: alma-data build round={first.round} run={store.run}"]
+    else:
+        lines += ["", "every round of the recipe is built"]
+    return "\n".join(lines)
