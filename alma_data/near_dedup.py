@@ -8,14 +8,15 @@ and the survivor of each group are ``sql/near_dedup.sql``, run by DuckDB.
 Shingles are word 5-grams of the normalised text (NFKC, lower case, punctuation to white
 space: the normal form of exact dedup); a prompt of fewer than five words is one shingle.
 Two prompts are near-copies when the Jaccard similarity of their shingle sets is at least
-``threshold``; a group is a connected component of near-copies, and its first document
-(the lowest index: earlier rounds' prompts first, then candidates in ``candidate_id``
-order) is the one that survives.
+``threshold``; a group is a connected component of near-copies, and one document of it
+survives: a prompt of an earlier round if the group holds one, else the one with the most
+near-copies in the group, then the lowest index (candidates in ``candidate_id`` order).
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,26 +146,23 @@ def minhash(offsets: np.ndarray, sh: np.ndarray, num_perm: int, seed: int = 1,
     return sig
 
 
-def near_dedup(con, texts: pa.Array | list[str], used: np.ndarray | None = None,
-               config: MinHashConfig = MinHashConfig()) -> pa.Table:
-    """Group near-copies among ``texts``; returns (doc, grp, verdict) for every text.
-
-    ``doc`` is the text's index. ``used`` marks texts that are already in the data (earlier
-    rounds): put them first, so a group that holds one keeps it and drops the rest.
-    verdict: ``unique`` (survives), ``near_duplicate`` (its group's survivor is another
-    candidate), ``near_used_before`` (its group holds a used text), ``used``.
-    """
+def shingle_all(texts: pa.Array | list[str], ngram: int = 5, chunk: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+    """``shingles`` chunk by chunk of texts: its temporaries are a few arrays per word."""
     n = len(texts)
-    used = np.zeros(n, dtype=bool) if used is None else np.asarray(used, dtype=bool)
-    # Shingles chunk by chunk of texts: the temporaries are a few arrays per word.
-    parts = [shingles(texts[i:i + 200_000], config.ngram) for i in range(0, n, 200_000)] or [shingles([], config.ngram)]
+    parts = [shingles(texts[i:i + chunk], ngram) for i in range(0, n, chunk)] or [shingles([], ngram)]
     sh = np.concatenate([p[1] for p in parts])
-    offsets = np.concatenate([[0]] + [p[0][1:] + base for p, base in
-                                      zip(parts, np.cumsum([0] + [int(p[0][-1]) for p in parts[:-1]]))]).astype(np.int64)
-    sig = minhash(offsets, sh, config.num_perm, config.seed)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.concatenate([np.diff(p[0]) for p in parts]), out=offsets[1:])
+    return offsets, sh
+
+
+def group_near_copies(con, offsets: np.ndarray, sh: np.ndarray, sig: np.ndarray, used: np.ndarray,
+                      config: MinHashConfig) -> pa.Table:
+    """Run ``sql/near_dedup.sql`` over the signatures and shingles: (doc, grp, verdict)."""
+    n = len(offsets) - 1
     docs = pa.table({
         "doc": pa.array(np.arange(n, dtype=np.int32)),
-        "used": pa.array(used),
+        "used": pa.array(np.asarray(used, dtype=bool)),
         "n_shingles": pa.array(np.diff(offsets).astype(np.int32)),
         "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), config.num_perm),
         "shingles": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(sh)),
@@ -172,11 +170,32 @@ def near_dedup(con, texts: pa.Array | list[str], used: np.ndarray | None = None,
     con.register("near_dedup_docs_arrow", docs)
     con.execute("CREATE OR REPLACE TEMP VIEW docs AS SELECT * FROM near_dedup_docs_arrow")
     try:
-        return run_sql(con, "near_dedup", bands=config.bands, rows=config.rows, threshold=config.threshold,
-                       max_bucket=config.max_bucket).to_arrow_table()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DuckDB's note that Arrow output copies: the result is small
+            result = run_sql(con, "near_dedup", bands=config.bands, rows=config.rows, threshold=config.threshold,
+                             max_bucket=config.max_bucket).to_arrow_table()
+        # In doc order whatever the connection's settings (preserve_insertion_order = false
+        # has been seen to hand the rows back out of the file's ORDER BY).
+        return result.sort_by("doc")
     finally:
         con.execute("DROP VIEW IF EXISTS docs")
         con.unregister("near_dedup_docs_arrow")
+
+
+def near_dedup(con, texts: pa.Array | list[str], used: np.ndarray | None = None,
+               config: MinHashConfig = MinHashConfig()) -> pa.Table:
+    """Group near-copies among ``texts``; returns (doc, grp, verdict) for every text, in order.
+
+    ``doc`` is the text's index, ``grp`` its group's survivor. ``used`` marks texts already
+    in the data (earlier rounds): a group that holds one keeps it and drops the rest. verdict: ``unique`` (survives), ``near_duplicate`` (its group's
+    survivor is another candidate), ``near_used_before`` (its group holds a used text),
+    ``used``.
+    """
+    n = len(texts)
+    used = np.zeros(n, dtype=bool) if used is None else np.asarray(used, dtype=bool)
+    offsets, sh = shingle_all(texts, config.ngram)
+    sig = minhash(offsets, sh, config.num_perm, config.seed)
+    return group_near_copies(con, offsets, sh, sig, used, config)
 
 
 def jaccard(a: str, b: str, ngram: int = 5) -> float:
