@@ -126,3 +126,21 @@ def test_killed_build_resumes_to_the_same_rows(tmp_path, tiny_run):
         else:  # same rows; scores agree to float precision of separately trained (same-seed) judges
             for r, c in zip(resumed, clean):
                 assert r[:3] == c[:3] and abs(r[3] - c[3]) < 1e-3
+
+
+def test_force_rebuilds_from_the_first_changed_stage(tiny_run, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run / "shared", runs / "shared")
+    store = Store(runs, "shared")
+    seeds_hash = store.manifest(1, "sft")["hash"]
+    judge_before = (store.checkpoint_dir(1, "judge") / "_manifest.json").read_text()
+    m1a_before = (store.checkpoint_dir(1, "m1a") / "_manifest.json").read_text()
+    out = run_cli("build", "round=1", "recipe=tiny", f"runs_dir={runs}", "run=shared", "train.max_steps=3", "--force")
+    assert "seeds: already done" in out.stderr and "train judge: already done" in out.stderr
+    assert store.manifest(1, "sft")["hash"] == seeds_hash
+    assert (store.checkpoint_dir(1, "judge") / "_manifest.json").read_text() == judge_before
+    m1a = json.loads((store.checkpoint_dir(1, "m1a") / "_manifest.json").read_text())
+    assert m1a["training"]["steps"] == 3 and json.dumps(m1a) != m1a_before
+    assert store.read_run()["recipe"]["train"]["max_steps"] == 3
