@@ -1,0 +1,257 @@
+"""The data layer on the benchmark's `small` run: real DuckDB over real Parquet shards.
+
+The run is written by benchmarks/make_data.py with planted structure (exact copies,
+near-copies, tied scores, used prompts); each test checks a SQL stage against a plain
+Python computation of the same answer.
+"""
+
+import collections
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from alma_data import near_dedup as nd
+from alma_data.ids import normalize_text
+from alma_data.sql import register_parquet, run_sql
+from alma_data.stages.responses import register_round_views
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+make_data = load("alma_benchmarks_make_data", ROOT / "benchmarks" / "make_data.py")
+bench = load("alma_benchmarks_run", ROOT / "benchmarks" / "run.py")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_data.make_run(tmp_path_factory.mktemp("bench"), "small", "bench", seed=3)
+
+
+def connect():
+    con = duckdb.connect()
+    con.execute("SET threads = 2")
+    return con
+
+
+def dedup_verdicts(store):
+    con = connect()
+    register_parquet(con, "candidates", store.files(2, "prompt_candidates"))
+    register_parquet(con, "used_prompts", store.files(1, "prompts"))
+    return run_sql(con, "dedup_prompts").fetchall()
+
+
+def test_the_small_run_has_its_planted_structure(store):
+    kinds = collections.Counter(pq.read_table(store.root / "_truth.parquet")["kind"].to_pylist())
+    assert kinds["exact_copy"] > 200 and kinds["near_copy"] > 200 and kinds["seed_copy"] > 10 and kinds["reject"] > 100
+    scores = store.read(2, "judgments", ["score"])["score"].to_numpy()
+    assert 0 <= scores.min() and scores.max() <= 10 and len(np.unique(scores)) < len(scores)  # planted ties
+    lengths = pc.utf8_length(store.read(2, "responses", ["response"])["response"]).to_numpy()
+    assert 200 < np.median(lengths) < 600
+
+
+def test_exact_dedup_removes_every_copy_and_keeps_every_distinct_prompt(store):
+    rows = dedup_verdicts(store)
+    cands = store.read(2, "prompt_candidates").to_pylist()
+    seeds = {normalize_text(p) for p in store.read(1, "prompts")["prompt"].to_pylist()}
+    ok = sorted((c for c in cands if c["status"] == "ok"), key=lambda c: c["candidate_id"])
+    assert len(rows) == len(ok)
+    verdict = {cid: v for cid, _, _, _, v in rows}
+    by_form = collections.defaultdict(list)
+    for c in ok:
+        by_form[normalize_text(c["prompt"])].append(c["candidate_id"])
+    copies = 0
+    for form, ids in by_form.items():
+        if form in seeds:  # a copy of a seed prompt: every one of them goes
+            assert {verdict[i] for i in ids} == {"used_before"}
+        else:  # the first by candidate_id stays, every other copy goes
+            assert verdict[ids[0]] == "unique" and all(verdict[i] == "duplicate" for i in ids[1:])
+        copies += len(ids) - 1
+    assert copies > 200  # the planted exact copies were there to remove
+    assert sum(v == "unique" for v in verdict.values()) == sum(1 for f in by_form if f not in seeds)
+
+
+def near_dedup_small(store):
+    con = connect()
+    unique = [r for r in dedup_verdicts(store) if r[4] == "unique"]
+    seeds = store.read(1, "prompts", ["prompt_id", "prompt"]).to_pylist()
+    texts = [s["prompt"] for s in seeds] + [r[2] for r in unique]
+    used = np.r_[np.ones(len(seeds), bool), np.zeros(len(unique), bool)]
+    result = nd.near_dedup(con, texts, used).to_pylist()
+    keys = ["seed:" + s["prompt_id"] for s in seeds] + [r[0] for r in unique]
+    return texts, result, keys, len(seeds)
+
+
+def test_near_dedup_recall_and_precision_over_the_planted_near_copies(store, tmp_path):
+    texts, result, keys, n_seeds = near_dedup_small(store)
+    out = tmp_path / "near.parquet"
+    pq.write_table(pa.table({"candidate_id": keys[n_seeds:],
+                                     "grp": [keys[r["grp"]] for r in result[n_seeds:]]}), out)
+    q = bench.evaluate_near_dedup(store.root, out, "candidate_id", "grp")
+    assert q["true_pairs"] > 50
+    assert q["recall"] >= 0.95
+    assert q["removal_precision"] >= 0.95  # every removed prompt is a near-copy of the kept one
+    assert q["precision"] >= 0.9           # pairs of one group (chains through an original lower it)
+
+
+def test_near_dedup_groups_keep_one_survivor_deterministically(store):
+    texts, result, keys, n_seeds = near_dedup_small(store)
+    again = near_dedup_small(store)[1]
+    assert result == again
+    groups = collections.defaultdict(list)
+    for r in result:
+        groups[r["grp"]].append(r)
+    for grp, members in groups.items():
+        survivor = result[grp]
+        assert survivor["grp"] == grp and survivor["verdict"] in ("unique", "used")
+        assert sum(m["doc"] == grp for m in members) == 1
+        for m in members:
+            if m["doc"] != grp:
+                assert m["verdict"] == ("near_used_before" if survivor["verdict"] == "used" else "near_duplicate")
+                # every removed prompt is itself similar to what was kept, checked without MinHash
+                assert nd.jaccard(texts[m["doc"]], texts[grp]) >= 0.8
+
+
+def test_near_dedup_by_hand():
+    base = ("please write a short story about a dragon who learns to bake bread in a small village "
+            "near the sea and then makes friends with the old baker and his two daughters")
+    texts = [
+        base,                                          # 0: kept
+        "Hello there",                                 # 1
+        base.replace("daughters", "sons") + " today",  # 2: changed at the end: J ~ 0.89
+        "HELLO, there!",                               # 3: the same after normalisation as 1
+        base.replace("dragon", "wizard"),              # 4: changed in the middle: J ~ 0.7, not a copy
+        "",                                            # 5: no words
+    ]
+    assert nd.jaccard(texts[0], texts[2]) >= 0.8 > nd.jaccard(texts[0], texts[4])
+    result = nd.near_dedup(connect(), texts).to_pylist()
+    assert [r["grp"] for r in result] == [0, 1, 0, 1, 4, 5]
+    assert [r["verdict"] for r in result] == ["unique", "unique", "near_duplicate", "near_duplicate", "unique", "unique"]
+    # A used prompt keeps its group, whatever the order.
+    used = nd.near_dedup(connect(), [texts[2], texts[0]], used=np.array([False, True])).to_pylist()
+    assert [r["verdict"] for r in used] == ["near_used_before", "used"]
+
+
+def test_shingles_match_a_plain_python_count():
+    texts = ["One two three four five six", "a b", "  Spaces,   and PUNCTUATION!! everywhere... ok ok ok ok", ""]
+    offsets, sh = nd.shingle_all(texts, 5)
+    for i, t in enumerate(texts):
+        words = normalize_text(t).split()
+        expected = len(words) - 4 if len(words) >= 5 else (1 if words else 0)
+        assert offsets[i + 1] - offsets[i] == expected
+    # chunked and whole give the same shingles
+    off2, sh2 = nd.shingle_all(texts * 7, 5, chunk=3)
+    off3, sh3 = nd.shingles(texts * 7, 5)
+    assert np.array_equal(off2, off3) and np.array_equal(sh2, sh3)
+
+
+def round_views(store):
+    con = connect()
+    register_round_views(con, store, 2)
+    return con
+
+
+def scored(store):
+    resp = store.read(2, "responses", ["response_id", "prompt_id"])
+    judg = store.read(2, "judgments", ["response_id", "score"])
+    score = dict(zip(judg["response_id"].to_pylist(), judg["score"].to_pylist()))
+    by_prompt = collections.defaultdict(list)
+    for rid, pid in zip(resp["response_id"].to_pylist(), resp["prompt_id"].to_pylist()):
+        by_prompt[pid].append((score[rid], rid))
+    return by_prompt
+
+
+def test_best_of_n_picks_the_true_maximum(store):
+    rows = run_sql(round_views(store), "best_of_n").fetchall()
+    by_prompt = scored(store)
+    assert len(rows) == len(by_prompt)
+    ties = 0
+    for prompt_id, _, _, score, source, response_id, n in rows:
+        top = max(s for s, _ in by_prompt[prompt_id])
+        at_top = sorted(r for s, r in by_prompt[prompt_id] if s == top)
+        ties += len(at_top) > 1
+        assert score == top and response_id == at_top[0] and n == len(by_prompt[prompt_id]) and source == "best_of_n"
+    assert ties > 0  # the planted repeats put ties at the top of some prompts, broken by response_id
+
+
+@pytest.mark.parametrize("strategy", ["best_vs_random", "best_vs_worst", "random_pair"])
+def test_pairs_never_tie(store, strategy):
+    rows = run_sql(round_views(store), "pairs", strategy=strategy, seed=5).fetchall()
+    by_prompt = scored(store)
+    assert len(rows) > 0.9 * len(by_prompt)
+    assert len({r[0] for r in rows}) == len(rows)  # one pair a prompt
+    for prompt_id, _, chosen, rejected, chosen_score, rejected_score, chosen_id, rejected_id, s in rows:
+        assert chosen_score > rejected_score and chosen_id != rejected_id and s == strategy
+        if strategy != "random_pair":
+            assert chosen_score == max(x for x, _ in by_prompt[prompt_id])
+
+
+def test_judge_distill_is_a_seeded_sample(store):
+    a = run_sql(round_views(store), "judge_distill", n=500, seed=1).fetchall()
+    b = run_sql(round_views(store), "judge_distill", n=500, seed=1).fetchall()
+    c = run_sql(round_views(store), "judge_distill", n=500, seed=2).fetchall()
+    assert a == b and len(a) == 500 and len({r[0] for r in a}) == 500 and {r[0] for r in a} != {r[0] for r in c}
+
+
+def test_rebalancing_never_picks_a_used_prompt_nor_two_of_one_cluster(store):
+    con = connect()
+    register_parquet(con, "clustered", store.files(2, "prompt_clusters"))
+    used_files = store.files(1, "prompts") + store.files(2, "prompts")
+    register_parquet(con, "used_prompts", used_files)
+    used = set(con.execute("SELECT prompt_id FROM used_prompts").fetchnumpy()["prompt_id"].tolist())
+    clustered = con.execute("SELECT prompt_id, cluster FROM clustered").fetchall()
+    assert sum(p in used for p, _ in clustered) > 100  # the used-prompt filter has work to do
+    fresh_clusters = {c for p, c in clustered if p not in used}
+    for k in (50, len(fresh_clusters) + 10):
+        picked = run_sql(con, "rebalance", k=k, seed=9).fetchall()
+        assert len(picked) == min(k, len(fresh_clusters))
+        assert not {p for p, _, _, _ in picked} & used
+        assert len({c for _, _, c, _ in picked}) == len(picked)
+
+
+def test_the_benchmark_streams_the_same_rows_as_the_stage(store, tmp_path):
+    """COPY (sql file) TO parquet, as the benchmark runs it, writes what the round's stage reads."""
+    con = bench.duck(tmp_path, 2, "1GB")
+    register_round_views(con, store, 2)
+    out = bench.copy_sql(con, "pairs", tmp_path / "pairs.parquet", strategy="best_vs_random", seed=5)
+    streamed = con.execute(f"SELECT * FROM read_parquet('{tmp_path / 'pairs.parquet'}') ORDER BY prompt_id").fetchall()
+    direct = run_sql(round_views(store), "pairs", strategy="best_vs_random", seed=5).fetchall()
+    assert out["rows"] == len(direct) and streamed == direct
+
+
+def test_near_dedup_pairs_are_the_exact_ones():
+    """LSH finds candidates; only pairs at Jaccard >= threshold become links."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(500)]
+    base = [" ".join(rng.choice(words, 40)) for _ in range(30)]
+    texts = list(base)
+    for t in base:  # one near-copy per text, 1 to 4 words changed at random places
+        w = t.split()
+        for _ in range(int(rng.integers(1, 5))):
+            w[int(rng.integers(0, len(w)))] = str(rng.choice(words))
+        texts.append(" ".join(w))
+    result = nd.near_dedup(connect(), texts).to_pylist()
+    sets = [frozenset(zip(*(t.split()[k:] for k in range(5)))) for t in texts]
+    sim = {(i, j): len(sets[i] & sets[j]) / len(sets[i] | sets[j]) for i, j in itertools.combinations(range(len(texts)), 2)}
+    assert any(v >= 0.8 for v in sim.values()) and any(0.5 < v < 0.8 for v in sim.values())
+    for (i, j), v in sim.items():
+        same = result[i]["grp"] == result[j]["grp"]
+        if v >= 0.8:
+            assert same
+        elif same:  # grouped below the threshold only through a chain of links at or above it
+            assert any(sim[tuple(sorted((i, k)))] >= 0.8 for k in range(len(texts)) if k != i)
