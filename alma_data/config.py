@@ -96,6 +96,11 @@ class PromptConfig:
     """Each candidate is written from this many random seed prompts (few-shot)."""
     clusters: int = 0
     """k-means clusters over the candidates (0: as many as the candidates allow)."""
+    near_dedup: bool = True
+    """After exact dedup, drop near-copies: MinHash over word 5-grams with LSH banding, the
+    candidate pairs checked by exact Jaccard, one prompt kept a group (sql/near_dedup.sql)."""
+    near_dedup_threshold: float = 0.8
+    """Word 5-gram Jaccard similarity from which two prompts are near-copies."""
     embedder: Literal["minilm", "base_model"] = "minilm"
     max_words: int = 120
     min_words: int = 3

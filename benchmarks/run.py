@@ -45,11 +45,15 @@ def duck(work: Path, threads: int, memory_limit: str):
     return con
 
 
-def copy_sql(con, name: str, out: Path, **params) -> dict:
-    """``COPY (sql/<name>.sql) TO out`` with the parameters the file mentions; rows and seconds."""
+def copy_sql(con, name: str, out: Path, reference: bool = False, **params) -> dict:
+    """``COPY (sql/<name>.sql) TO out`` with the parameters the file mentions; rows and seconds.
+
+    ``reference``: run the file's first, straightforward form (benchmarks/reference_sql/).
+    """
     from alma_data.sql import load_sql
 
-    text = load_sql(name).strip().rstrip(";")
+    text = ((ROOT / "benchmarks" / "reference_sql" / f"{name}.sql").read_text() if reference else load_sql(name))
+    text = text.strip().rstrip(";")
     text = re.sub(r"^\s*--.*$", "", text, flags=re.MULTILINE)
     used = {k: v for k, v in params.items() if f"${k}" in text}
     t0 = time.perf_counter()
@@ -65,11 +69,13 @@ def stage_select(store, work: Path, args) -> dict:
     con = duck(work, args.threads, args.memory_limit)
     for table in ("prompts", "responses", "judgments"):
         register_parquet(con, table, store.files(2, table))
+    ref = args.stage == "select_reference"
+    tag = "ref" if ref else "sql"
     t0 = time.perf_counter()
     out = {
-        "best_of_n": copy_sql(con, "best_of_n", work / "sql_best_of_n.parquet"),
-        "pairs": copy_sql(con, "pairs", work / "sql_pairs.parquet", strategy="best_vs_random", seed=7),
-        "judge_distill": copy_sql(con, "judge_distill", work / "sql_distill.parquet", n=20000, seed=7),
+        "best_of_n": copy_sql(con, "best_of_n", work / f"{tag}_best_of_n.parquet", ref),
+        "pairs": copy_sql(con, "pairs", work / f"{tag}_pairs.parquet", ref, strategy="best_vs_random", seed=7),
+        "judge_distill": copy_sql(con, "judge_distill", work / f"{tag}_distill.parquet", ref, n=20000, seed=7),
     }
     out["seconds"] = round(time.perf_counter() - t0, 2)
     out["judgments"] = con.execute("SELECT count(*) FROM judgments").fetchone()[0]
@@ -199,7 +205,7 @@ def stage_datatrove(store, work: Path, args) -> dict:
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": round(time.perf_counter() - t0, 2)}
 
 
-STAGES = {"select": stage_select, "select_pandas": stage_select_pandas, "dedup": stage_dedup,
+STAGES = {"select": stage_select, "select_reference": stage_select, "select_pandas": stage_select_pandas, "dedup": stage_dedup,
           "near_dedup": stage_near_dedup, "kmeans": stage_kmeans, "rebalance": stage_rebalance,
           "datatrove": stage_datatrove}
 
@@ -288,6 +294,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=0, help="clusters to pick in rebalancing (default: the scale's prompts)")
     ap.add_argument("--clusters", type=int, default=0, help="k-means clusters (default 2 x k)")
     ap.add_argument("--no-pandas", action="store_true", help="skip the pandas comparison")
+    ap.add_argument("--reference-sql", action="store_true",
+                    help="also time the first, straightforward form of the three selection files")
     ap.add_argument("--datatrove-python", default=None, help="a Python with datatrove installed: time its MinHash too")
     ap.add_argument("--json", default=None, help="also write every figure to this file")
     # internal: one stage in this process
@@ -331,6 +339,11 @@ def main() -> None:
         figures["select"] = r
         line(f"DuckDB, {r['judgments']:,} judgments, Parquet -> Parquet", r,
              f"best_of_n {r['best_of_n']['seconds']}s, pairs {r['pairs']['seconds']}s, distill {r['judge_distill']['seconds']}s")
+        if args.reference_sql:
+            f = run_stage("select_reference", runs_dir, "bench", work, args)
+            figures["select_reference"] = f
+            line("DuckDB, the straightforward SQL (benchmarks/reference_sql/)", f,
+                 f"best_of_n {f['best_of_n']['seconds']}s, pairs {f['pairs']['seconds']}s, distill {f['judge_distill']['seconds']}s")
         if not args.no_pandas:
             p = run_stage("select_pandas", runs_dir, "bench", work, args)
             figures["select_pandas"] = p

@@ -255,3 +255,22 @@ def test_near_dedup_pairs_are_the_exact_ones():
             assert same
         elif same:  # grouped below the threshold only through a chain of links at or above it
             assert any(sim[tuple(sorted((i, k)))] >= 0.8 for k in range(len(texts)) if k != i)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("best_of_n", {}),
+    ("pairs", {"strategy": "best_vs_random", "seed": 5}),
+    ("pairs", {"strategy": "best_vs_worst", "seed": 5}),
+    ("pairs", {"strategy": "random_pair", "seed": 5}),
+    ("pairs", {"strategy": "random_pair", "seed": 6}),
+    ("judge_distill", {"n": 700, "seed": 1}),
+])
+def test_the_ids_first_sql_gives_the_rows_of_the_straightforward_form(store, name, params):
+    """sql/ ranks over ids and scores and fetches texts after; benchmarks/reference_sql/
+    keeps the first, straightforward form of each file: both give the same rows."""
+    reference = (ROOT / "benchmarks" / "reference_sql" / f"{name}.sql").read_text()
+    con = round_views(store)
+    used = {k: v for k, v in params.items() if f"${k}" in reference}
+    expected = con.execute(reference, used).fetchall()
+    assert len(expected) > 100
+    assert run_sql(con, name, **params).fetchall() == expected

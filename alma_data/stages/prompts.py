@@ -4,7 +4,8 @@
    and writes one more; candidates are parsed and given a status (ok, empty, truncated,
    too_short, too_long, copy_of_shot).
 2. ``prompt_clusters``: exact dedup in SQL (against each other and every earlier
-   round), then embeddings and k-means over the unique candidates.
+   round), near-dedup (MinHash, ``prompts.near_dedup``), then embeddings and k-means
+   over the unique candidates.
 3. ``prompts``: K clusters, one never-used prompt from each, picked in SQL.
 """
 
@@ -153,6 +154,20 @@ def embed(texts: list[str], how: str, model_path: str | None = None, batch_size:
     return np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
 
 
+def drop_near_copies(con, unique: pa.Table, used_files: list[str], threshold: float) -> tuple[pa.Table, dict[str, int]]:
+    """Near-dedup of the exact-unique candidates (in candidate_id order) against each other
+    and every earlier prompt; returns the survivors and the count of each verdict."""
+    from alma_data.near_dedup import MinHashConfig, near_dedup
+
+    used = [r[0] for r in con.execute("SELECT prompt FROM used_prompts").fetchall()] if used_files else []
+    texts = used + unique["prompt"].to_pylist()
+    is_used = np.r_[np.ones(len(used), dtype=bool), np.zeros(unique.num_rows, dtype=bool)]
+    result = near_dedup(con, texts, is_used, MinHashConfig(threshold=threshold))
+    verdict = result["verdict"].slice(len(used))
+    near = collections.Counter(v for v in verdict.to_pylist() if v != "unique")
+    return unique.filter(pa.compute.equal(verdict, "unique")), dict(near)
+
+
 def cluster_candidates(ctx: Context, round: int) -> None:
     recipe, store = ctx.recipe, ctx.store
     cfg = recipe.prompts
@@ -168,6 +183,10 @@ def cluster_candidates(ctx: Context, round: int) -> None:
         register_parquet(con, "used_prompts", used)
         verdicts = run_sql(con, "dedup_prompts").to_arrow_table()
         unique = verdicts.filter(pa.compute.equal(verdicts["dedup"], "unique"))
+        counts = dict(collections.Counter(verdicts["dedup"].to_pylist()))
+        if cfg.near_dedup and unique.num_rows:
+            unique, near = drop_near_copies(con, unique, used, cfg.near_dedup_threshold)
+            counts.update(near)
         texts = unique["prompt"].to_pylist()
         if texts:
             vectors = embed(texts, cfg.embedder, resolve(recipe.model) if cfg.embedder == "base_model" else None)
@@ -181,7 +200,6 @@ def cluster_candidates(ctx: Context, round: int) -> None:
             vectors, labels, n_clusters = np.zeros((0, 1)), np.zeros(0, dtype=int), 0
         rows = [{"prompt_id": pid, "prompt": p, "shots": s, "cluster": int(c), "embedding": v.astype(np.float32).tolist()}
                 for pid, p, s, c, v in zip(unique["prompt_id"].to_pylist(), texts, unique["shots"].to_pylist(), labels, vectors)]
-        counts = dict(collections.Counter(verdicts["dedup"].to_pylist()))
         m = write_table(store, round, "prompt_clusters", rows, config_hash=h, schema=CLUSTERED, inputs=inputs,
                         dedup=counts, clusters=n_clusters, embedder=cfg.embedder)
         info.update(rows=m["rows"], rate=f"{n_clusters} clusters; dedup {counts}")
