@@ -6,7 +6,8 @@ check against the exact Jaccard similarity of the shingle sets, the connected co
 and the survivor of each group are ``sql/near_dedup.sql``, run by DuckDB.
 
 Shingles are word 5-grams of the normalised text (NFKC, lower case, punctuation to white
-space: the normal form of exact dedup); a prompt of fewer than five words is one shingle.
+space: the normal form of exact dedup, in RE2 classes); a prompt of fewer than five words
+is one shingle.
 Two prompts are near-copies when the Jaccard similarity of their shingle sets is at least
 ``threshold``; a group is a connected component of near-copies, and one document of it
 survives: a prompt of an earlier round if the group holds one, else the one with the most
@@ -25,7 +26,6 @@ import pyarrow.compute as pc
 
 from alma_data.sql import run_sql
 
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 # Word characters as Python's \w sees them (letters, numbers, underscore) and white space stay.
 _NOT_WORD = r"[^\p{L}\p{N}_\s]"
 
@@ -118,10 +118,12 @@ def shingles(texts: pa.Array | list[str], ngram: int = 5) -> tuple[np.ndarray, n
 
 
 def minhash(offsets: np.ndarray, sh: np.ndarray, num_perm: int, seed: int = 1,
-            chunk: int = 1 << 21) -> np.ndarray:
+            chunk: int = 1 << 20, workers: int = 2) -> np.ndarray:
     """MinHash signatures (n, num_perm) uint32; a text without shingles gets all 0xFFFFFFFF.
 
     Permutation i is multiply-shift hashing: ((a_i * x + b_i) mod 2^64) >> 32, odd a_i.
+    Chunks of whole texts (about ``chunk`` shingles each) bound the temporaries and run on
+    ``workers`` threads (numpy releases the GIL in its loops).
     """
     n = len(offsets) - 1
     rng = np.random.default_rng(seed)
@@ -129,20 +131,31 @@ def minhash(offsets: np.ndarray, sh: np.ndarray, num_perm: int, seed: int = 1,
     b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
     sig = np.full((n, num_perm), 0xFFFFFFFF, dtype=np.uint32)
     counts = np.diff(offsets)
-    # Chunks of whole documents, about `chunk` shingles each, bound the temporary arrays.
     cuts = np.searchsorted(offsets, np.arange(chunk, int(offsets[-1]), chunk))
     bounds = np.unique(np.concatenate([[0], cuts, [n]]))
-    for d0, d1 in zip(bounds[:-1], bounds[1:]):
+
+    def one(d0: int, d1: int) -> None:
         docs = d0 + np.flatnonzero(counts[d0:d1])
         if not len(docs):
-            continue
+            return
         s0, s1 = int(offsets[docs[0]]), int(offsets[docs[-1] + 1])
-        x = sh[s0:s1]
+        x = sh[s0:s1, None]
         starts = offsets[docs] - s0
         with np.errstate(over="ignore"):
             for i in range(0, num_perm, 8):
-                v = (x[:, None] * a[None, i:i + 8] + b[None, i:i + 8]) >> np.uint64(32)
-                sig[docs, i:i + 8] = np.minimum.reduceat(v, starts, axis=0).astype(np.uint32)
+                v = x * a[None, i:i + 8]
+                v += b[None, i:i + 8]
+                v >>= np.uint64(32)
+                sig[docs, i:i + 8] = np.minimum.reduceat(v, starts, axis=0)
+
+    if workers > 1 and len(bounds) > 2:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, bounds[:-1], bounds[1:]))
+    else:
+        for d0, d1 in zip(bounds[:-1], bounds[1:]):
+            one(d0, d1)
     return sig
 
 

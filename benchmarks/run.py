@@ -287,7 +287,7 @@ def gib(mib: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description="alma-data's data-layer benchmarks")
     ap.add_argument("--scale", choices=["small", "paper"], default="small")
-    ap.add_argument("--dir", default=None, help="where the benchmark runs live (default: benchmarks/data/<scale>)")
+    ap.add_argument("--dir", default=None, help="where the benchmark runs live (default: data/bench/<scale>)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory-limit", default="3GB", help="DuckDB's memory_limit for the SQL steps")
@@ -318,7 +318,7 @@ def main() -> None:
 
     scale = SCALES[args.scale]
     args.k = args.k or scale.prompts
-    runs_dir = Path(args.dir or ROOT / "benchmarks" / "data" / args.scale)
+    runs_dir = Path(args.dir or ROOT / "data" / "bench" / args.scale)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
