@@ -102,6 +102,21 @@ def build_feedback_round(ctx: Context, r: int) -> None:
     evaluate_round(ctx, r)
 
 
+def _record_build(ctx: Context, target_round: int, t0: float, seconds: float, peak_mib: float) -> None:
+    """Append this build's timings to ``<run>/builds.jsonl`` and print them per round."""
+    import json
+
+    record = {"started": t0, "target_round": target_round, "seconds": round(seconds, 1),
+              "peak_memory_mib": round(peak_mib), "stages": ctx.records}
+    with open(ctx.store.root / "builds.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    per_round: dict[int, float] = {}
+    for rec in ctx.records:
+        per_round[rec["round"]] = per_round.get(rec["round"], 0.0) + rec["seconds"]
+    if ctx.ran:
+        ctx.log("time per round: " + ", ".join(f"round {r} {s:.0f}s" for r, s in sorted(per_round.items())))
+
+
 def build(recipe: Recipe, store: Store, target_round: int, *, force: bool = False, quiet: bool = False) -> Context:
     if target_round < 1:
         raise BuildError(f"round={target_round}: rounds start at 1")
@@ -118,6 +133,7 @@ def build(recipe: Recipe, store: Store, target_round: int, *, force: bool = Fals
         build_feedback_round(ctx, r)
     seconds = time.time() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    _record_build(ctx, target_round, t0, seconds, peak)
     if not ctx.ran:
         ctx.log(f"run {store.run!r} is already built to round {target_round}: nothing to do")
     else:

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+round_ = round  # the stages' `round` argument shadows the builtin
+
 from alma_data.config import Recipe, fingerprint
 from alma_data.store import Store, TableRef
 
@@ -20,6 +22,7 @@ class Context:
     quiet: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     ran: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
     def log(self, message: str) -> None:
@@ -55,6 +58,8 @@ class Context:
         seconds = time.time() - t0
         self.timings[f"round={round}/{name}"] = seconds
         (self.skipped if info.get("skipped") else self.ran).append(f"round={round}/{name}")
+        self.records.append({"round": round, "stage": name, "seconds": round_(seconds, 2),
+                             "skipped": bool(info.get("skipped")), "rows": info.get("rows"), "rate": info.get("rate")})
         if info.get("skipped"):
             self.log(f"[round {round}] {name}: already done ({info.get('rows', '?')} rows), skipped")
         else:
