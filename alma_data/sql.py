@@ -29,7 +29,7 @@ def register_parquet(con, view: str, files: Iterable[str | Path]) -> None:
 
 
 def run_sql(con, name: str, **params: Any):
-    """Execute ``sql/<name>.sql`` with only the parameters it mentions; returns the relation's cursor."""
+    """``sql/<name>.sql`` as a DuckDB relation, given the parameters it mentions (``$name``)."""
     text = load_sql(name)
     used = {k: v for k, v in params.items() if f"${k}" in text}
-    return con.execute(text, used) if used else con.execute(text)
+    return con.sql(text, params=used or None)

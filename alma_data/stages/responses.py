@@ -119,10 +119,9 @@ def judge_responses(ctx: Context, round: int) -> None:
             info.update(skipped=True, rows=store.manifest(round, "judgments")["rows"])
             return
         con = store.connect()
-        rows = con.execute(
-            f"select r.response_id, p.prompt, r.response from read_parquet({[str(f) for f in store.files(round, 'responses')]}) r "
-            f"join read_parquet({[str(f) for f in store.files(round, 'prompts')]}) p using (prompt_id) order by r.response_id"
-        ).fetchall()
+        register_round_views(con, store, round, ("prompts", "responses"))
+        rows = con.execute("select r.response_id, p.prompt, r.response from responses r "
+                           "join prompts p using (prompt_id) order by r.response_id").fetchall()
         per = recipe.store.shard_rows
         n_shards = max(1, -(-len(rows) // per))
         writer = store.writer(round, "judgments", config_hash=h, schema=schemas.JUDGMENTS, inputs=inputs).expect(n_shards)
@@ -146,8 +145,10 @@ def judge_responses(ctx: Context, round: int) -> None:
         info.update(rows=m["rows"], rate=rate)
 
 
-def register_round_views(con, store: Store, round: int) -> None:
+def register_round_views(con, store: Store, round: int,
+                         tables: tuple[str, ...] = ("prompts", "responses", "judgments")) -> None:
+    """Views named after the tables, over this round's shards only."""
     from alma_data.sql import register_parquet
 
-    for table in ("prompts", "responses", "judgments"):
+    for table in tables:
         register_parquet(con, table, store.files(round, table))
