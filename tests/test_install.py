@@ -1,7 +1,6 @@
 """A non-editable install finds its SQL files, recipes and seeds inside the package."""
 
 import subprocess
-import sys
 import venv
 
 from conftest import ROOT

@@ -9,7 +9,6 @@ import time
 
 import duckdb
 import pyarrow.parquet as pq
-import pytest
 
 from alma_data.store import Store
 from conftest import run_cli

@@ -10,7 +10,6 @@ import time
 import duckdb
 import pytest
 
-from alma_data.config import load_recipe
 from alma_data.stages.responses import split_counts
 from alma_data.store import Store
 from conftest import ROOT, run_cli
@@ -123,3 +122,18 @@ def test_killed_during_sampling_resumes_to_the_same_rows(tmp_path, tiny_run):
     assert store.is_done(2, "responses") and shards_before < {s["file"] for s in store.manifest(2, "responses")["shards"]} | shards_before
     q = "select response_id, prompt_id, checkpoint, sample_index, seed, response from read_parquet('{}/shared/round=2/responses/*.parquet') order by response_id"
     assert duckdb.sql(q.format(runs)).fetchall() == duckdb.sql(q.format(tiny_run)).fetchall()
+
+
+def test_dpo_trainer_trains_m2_from_m1a_on_the_pairs(tmp_path, tiny_run):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run / "shared", runs / "dpo")
+    for path in [runs / "dpo" / "round=3", runs / "dpo" / "round=2" / "checkpoints", runs / "dpo" / "round=2" / "eval"]:
+        shutil.rmtree(path)
+    # a new run with the same data so far, switched to DPO: only M_2 (and what follows) is redone
+    out = run_cli("build", "round=2", "run=dpo", f"runs_dir={runs}", "train.trainer=dpo", "--force")
+    assert "responses: already done" in out.stderr
+    m = json.loads((Store(runs, "dpo").checkpoint_dir(2, "m2") / "_manifest.json").read_text())
+    assert m["training"]["trainer"] == "dpo" and m["started_from"].endswith("round=1/checkpoints/m1a")
+    assert m["training"]["examples"] == Store(runs, "dpo").manifest(2, "dpo")["rows"]

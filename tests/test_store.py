@@ -1,8 +1,6 @@
-import json
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from alma_data.ids import normalize_text, prompt_id, stable_id

@@ -41,14 +41,20 @@ def _train_checkpoint(ctx: Context, round: int, name: str, h: str, inputs: list[
         info.update(rows=summary["examples"], rate=f"{summary['examples_seen'] / max(summary['seconds'], 1e-9):.2f} examples/s")
 
 
-def train_policy(ctx: Context, round: int, name: str, seed: int, sft_tables: list[TableRef]) -> None:
-    """SFT of the *base* model on the union of SFT splits (the paper's choice)."""
-    from training import TrainSpec, parquet_dataset
+def _policy_spec(ctx: Context, seed: int):
+    from training import TrainSpec
 
     t = ctx.recipe.train
-    spec = TrainSpec(epochs=t.epochs, learning_rate=t.learning_rate, batch_size=t.batch_size,
+    return TrainSpec(epochs=t.epochs, learning_rate=t.learning_rate, batch_size=t.batch_size,
                      gradient_accumulation=t.gradient_accumulation, max_length=t.max_length,
                      max_steps=t.max_steps, warmup_ratio=t.warmup_ratio, bf16=t.bf16, seed=seed)
+
+
+def train_policy(ctx: Context, round: int, name: str, seed: int, sft_tables: list[TableRef]) -> None:
+    """SFT of the *base* model on the union of SFT splits (the paper's choice)."""
+    from training import parquet_dataset
+
+    spec = _policy_spec(ctx, seed)
     files = [f for ref in sft_tables for f in ctx.store.files(ref.round, ref.table)]
     h = config_hash(ctx.recipe, *TRAIN_KEYS, seed=seed)
 
@@ -96,13 +102,11 @@ def train_judge(ctx: Context, round: int, name: str, tables: list[TableRef],
 
 def train_dpo(ctx: Context, round: int, name: str, pairs: TableRef, start: tuple[int, str]) -> None:
     """The alternative trainer: DPO from a round-1 checkpoint on this round's pairs."""
-    from training import TrainSpec, parquet_dataset
+    from training import parquet_dataset
     from training.dpo import train_dpo as run_dpo
 
     t = ctx.recipe.train
-    spec = TrainSpec(epochs=t.epochs, learning_rate=t.learning_rate, batch_size=t.batch_size,
-                     gradient_accumulation=t.gradient_accumulation, max_length=t.max_length,
-                     max_steps=t.max_steps, warmup_ratio=t.warmup_ratio, bf16=t.bf16, seed=ctx.recipe.seed)
+    spec = _policy_spec(ctx, ctx.recipe.seed)
     store = ctx.store
     base = str(store.checkpoint_dir(*start))
     h = config_hash(ctx.recipe, *TRAIN_KEYS, start=store.checkpoint_manifest_hash(*start))
