@@ -6,7 +6,7 @@ import resource
 import string
 import time
 
-from alma_data.config import Recipe
+from alma_data.config import Recipe, RecipeError, fingerprint, recipe_from_dict
 from alma_data.stages.base import Context
 from alma_data.stages.evaluate import evaluate_round
 from alma_data.stages.judge import judge_eval
@@ -60,8 +60,14 @@ def check_run(store: Store, recipe: Recipe, force: bool = False) -> None:
     """A run keeps one recipe: a changed one is refused unless ``--force``."""
     if store.exists():
         old = store.read_run()
-        if old["fingerprint"] != recipe.fingerprint():
-            diff = recipe_diff(old["recipe"], recipe.to_dict())
+        try:
+            # Through today's dataclasses, so a key added since with its default is no change.
+            old_recipe = recipe_from_dict(old["recipe"]).to_dict()
+        except RecipeError as exc:
+            raise BuildError(f"run {store.run!r} was made by another version of alma-data and its recipe no longer "
+                             f"loads ({exc}); start a new run with run=NEW_NAME") from exc
+        if fingerprint(old_recipe) != recipe.fingerprint():
+            diff = recipe_diff(old_recipe, recipe.to_dict())
             if not force:
                 raise BuildError(
                     f"run {store.run!r} was built with another recipe ({old['fingerprint']}); the differences:\n"
