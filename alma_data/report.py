@@ -67,8 +67,11 @@ def build_report(store: Store) -> Path:
         figures.append(Figure(name, title, caption, cols, rows))
 
     def hist(ax, rows):
-        for rnd, pts in _by_round(rows).items():
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"round {rnd}")
+        data = _by_round(rows)
+        width = 0.8 / max(1, len(data))
+        for i, (rnd, pts) in enumerate(data.items()):
+            ax.bar([p[0] + (i - (len(data) - 1) / 2) * width for p in pts], [p[1] for p in pts], width=width,
+                   label=f"round {rnd}")
         ax.set_xlabel("judge score (real-valued, bucket = floor)")
         ax.set_ylabel("share of responses")
         ax.set_xticks(range(0, 11))
