@@ -132,8 +132,11 @@ class TextMaker:
     def word_ids(self, n: int) -> np.ndarray:
         return np.minimum(np.searchsorted(self.cdf, self.rng.random(n)), len(self.vocab) - 1)
 
-    def texts(self, counts: np.ndarray) -> pa.Array:
-        return words_to_text(self.bytes, self.off, self.word_ids(int(counts.sum())), counts)
+    def texts(self, counts: np.ndarray, chunk: int = 100_000) -> pa.Array:
+        """Texts of ``counts`` Zipf-drawn words each; in chunks, as the builder spends bytes x 8."""
+        parts = [words_to_text(self.bytes, self.off, self.word_ids(int(c.sum())), c)
+                 for c in (counts[i:i + chunk] for i in range(0, len(counts), chunk))]
+        return pa.concat_arrays(parts) if parts else pa.array([], pa.large_string())
 
 
 def exact_variant(text: str, r: float) -> str:
@@ -224,6 +227,8 @@ def make_prompts(scale: Scale, rng: np.random.Generator, maker: TextMaker):
 def list_array(values: pa.Array, counts: np.ndarray) -> pa.Array:
     offsets = np.zeros(len(counts) + 1, dtype=np.int32)
     np.cumsum(counts, out=offsets[1:])
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
@@ -239,7 +244,7 @@ def write_prompt_tables(store: Store, scale: Scale, rng: np.random.Generator, ma
     cand_ids = hex_ids(np.arange(n), 0xCA)
     pids = [prompt_id(p) for p in prompts]
     shot_counts = rng.integers(3, 6, n)
-    shots = list_array(pa.array(np.array(seed_ids)[rng.integers(0, len(seeds), int(shot_counts.sum()))]), shot_counts)
+    shots = list_array(pa.array(seed_ids).take(pa.array(rng.integers(0, len(seeds), int(shot_counts.sum())))), shot_counts)
     candidates = pa.table({"candidate_id": cand_ids, "prompt_id": pids, "prompt": prompts, "shots": shots,
                            "status": pa.array(status)})
     write_table(store, 2, "prompt_candidates", candidates, config_hash="bench", schema=CANDIDATES, shard_rows=250_000)
@@ -268,14 +273,14 @@ def write_prompt_tables(store: Store, scale: Scale, rng: np.random.Generator, ma
 
 
 def write_response_tables(store: Store, scale: Scale, rng: np.random.Generator, maker: TextMaker,
-                          shard_rows: int = 500_000) -> None:
+                          shard_rows: int = 100_000) -> None:
     prompt_ids = store.read(2, "prompts", columns=["prompt_id"])["prompt_id"]
     k, n = len(prompt_ids), scale.responses_per_prompt
     difficulty = rng.normal(6.0, 1.2, k)
     # One long text buffer that responses are cut from (different offsets, different texts).
     corpus_words = 8_000_000 if k * n > 1_000_000 else 400_000
-    corpus = maker.texts(np.array([corpus_words]))
-    corpus_bytes = np.frombuffer(corpus[0].as_py().encode(), dtype=np.uint8)
+    corpus = maker.texts(np.full(corpus_words // 1000, 1000), chunk=100)
+    corpus_bytes = np.frombuffer(" ".join(corpus.to_pylist()).encode(), dtype=np.uint8)
     prompts_per_shard = max(1, shard_rows // n)
     rw = store.writer(2, "responses", config_hash="bench", schema=schemas.RESPONSES)
     jw = store.writer(2, "judgments", config_hash="bench", schema=schemas.JUDGMENTS)
@@ -294,7 +299,9 @@ def write_response_tables(store: Store, scale: Scale, rng: np.random.Generator, 
         repeat = (rng.random(rows) < 0.01) & (sample > 0)
         src = np.maximum.accumulate(np.where(repeat, 0, np.arange(rows)))
         lengths, latent, starts = lengths[src], latent[src], starts[src]
-        text_idx = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(int(lengths.sum()))
+        # every byte's place in the corpus (int32: the corpus is far below 2 GiB)
+        text_idx = np.repeat((starts - np.concatenate([[0], np.cumsum(lengths)[:-1]])).astype(np.int32), lengths)
+        text_idx += np.arange(int(lengths.sum()), dtype=np.int32)
         offsets = np.zeros(rows + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         response = pa.LargeStringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(corpus_bytes[text_idx].tobytes()))

@@ -4,24 +4,27 @@
 --   random_pair: two random responses, the higher-scored one chosen.
 -- "Random" is a seeded hash order. A pair whose scores are equal is skipped: it
 -- teaches nothing. Views: responses, judgments, prompts. Parameters: $strategy, $seed.
--- Pairs are chosen over ids and scores only; the two texts of each pair are fetched
--- after, so 10M responses are never sorted with their texts.
+-- Pairs are chosen over ids and scores only, by grouping where one row a prompt is
+-- wanted; the two texts of each pair are fetched after, so 10M responses are never
+-- sorted with their texts.
 WITH scored AS MATERIALIZED (
     SELECT r.prompt_id, r.response_id, j.score
     FROM responses r JOIN judgments j USING (response_id)
 ),
 best AS MATERIALIZED (
-    SELECT * FROM (
-        SELECT *, row_number() OVER (PARTITION BY prompt_id ORDER BY score DESC, response_id) AS best_rank
-        FROM scored
-    )
-    WHERE best_rank = 1 AND $strategy IN ('best_vs_random', 'best_vs_worst')
+    -- the top response: the least (-score, response_id), by grouping, not sorting
+    SELECT prompt_id, arg_min(response_id, (-score, response_id)) AS response_id, max(score) AS score
+    FROM scored
+    WHERE $strategy IN ('best_vs_random', 'best_vs_worst')
+    GROUP BY prompt_id
 ),
 other AS (
-    -- the random response compared with the best is drawn among those scored below it
-    SELECT s.*, row_number() OVER (PARTITION BY s.prompt_id ORDER BY hash(s.response_id, $seed), s.response_id) AS k
+    -- the random response compared with the best is drawn among those scored below it:
+    -- the first of them in the seeded hash order (then response_id)
+    SELECT s.prompt_id, arg_min({'id': s.response_id, 'score': s.score}, (hash(s.response_id, $seed), s.response_id)) AS o
     FROM scored s JOIN best b USING (prompt_id)
     WHERE s.score < b.score AND $strategy = 'best_vs_random'
+    GROUP BY s.prompt_id
 ),
 worst AS (
     SELECT * FROM (
@@ -38,9 +41,8 @@ shuffled AS (
     WHERE random_rank <= 2
 ),
 candidates AS MATERIALIZED (
-    SELECT b.prompt_id, b.response_id AS a_id, b.score AS a_score, o.response_id AS b_id, o.score AS b_score
+    SELECT b.prompt_id, b.response_id AS a_id, b.score AS a_score, o.o.id AS b_id, o.o.score AS b_score
     FROM best b JOIN other o USING (prompt_id)
-    WHERE o.k = 1
     UNION ALL
     SELECT b.prompt_id, b.response_id, b.score, w.response_id, w.score
     FROM best b JOIN worst w USING (prompt_id)
