@@ -68,7 +68,7 @@ def test_query_command_and_formats(tiny_run, tmp_path):
     run_cli("query", f"runs_dir={tiny_run}", "--format", "csv", "--out", str(csv_out), "select prompt_id from prompts where round = 1")
     assert len(csv_out.read_text().splitlines()) == 49
     pq_out = tmp_path / "q.parquet"
-    run_cli("query", f"runs_dir={tiny_run}", "--format", "parquet", "--out", str(pq_out), "select * from sft")
+    run_cli("query", f"runs_dir={tiny_run}", "--format", "parquet", "--out", str(pq_out), "select * from sft where round = 1")
     assert pq.read_metadata(pq_out).num_rows == 44
     sql_file = tmp_path / "q.sql"
     sql_file.write_text("select count(*) as n from prompts where split = 'eval'")

@@ -11,7 +11,10 @@ from alma_data.prompting import judge_question, judge_target, render_chat
 from alma_data.stages.base import Context, config_hash
 from alma_data.store import TableRef
 
-TRAIN_KEYS = ("model", "train")
+# What an SFT policy checkpoint depends on (not train.trainer: m1a is the same whichever
+# trainer the later rounds use).
+TRAIN_KEYS = ("model",) + tuple(f"train.{k}" for k in ("epochs", "learning_rate", "batch_size", "gradient_accumulation",
+                                                      "max_length", "max_steps", "warmup_ratio", "bf16"))
 JUDGE_KEYS = ("model", "judge.scale", "judge.epochs", "judge.learning_rate", "judge.batch_size",
               "judge.max_length", "judge.max_steps", "train.bf16")
 
@@ -109,7 +112,8 @@ def train_dpo(ctx: Context, round: int, name: str, pairs: TableRef, start: tuple
     spec = _policy_spec(ctx, ctx.recipe.seed)
     store = ctx.store
     base = str(store.checkpoint_dir(*start))
-    h = config_hash(ctx.recipe, *TRAIN_KEYS, start=store.checkpoint_manifest_hash(*start))
+    h = config_hash(ctx.recipe, *TRAIN_KEYS, "train.trainer", "train.dpo_beta",
+                    start=store.checkpoint_manifest_hash(*start))
 
     def make_dataset():
         return parquet_dataset(store.files(pairs.round, pairs.table), ["prompt", "chosen", "rejected"])
