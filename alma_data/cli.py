@@ -27,7 +27,11 @@ EPILOG = """examples:
   alma-data build round=1 run=try2 train.max_steps=4 seeds.max_sft=32
   alma-data query "select round, count(*) from sft group by all"
   alma-data query run=default --format csv --out scores.csv "select * from judge_eval"
-  alma-data tables
+  alma-data tables run=default                             # tables, columns, rows
+  alma-data status run=default                             # done / partial / missing, and how to resume
+  alma-data report run=default                             # plots and report.html in the run folder
+  alma-data publish run=default repo=me/alma --dry-run     # the folder the Hub would get
+  alma-data runs                                           # runs in data/runs
 """
 
 
@@ -232,10 +236,13 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="write to this file instead of the terminal")
     q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format")
     q.set_defaults(func=cmd_query)
-    t = sub.add_parser("tables", help="list the tables of a run with their columns and rows")
+    t = sub.add_parser("tables", help="list the tables of a run with their columns and rows",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  alma-data tables run=default runs_dir=data/runs")
     t.add_argument("assignments", nargs="*", metavar="run=NAME")
     t.set_defaults(func=cmd_tables)
-    r = sub.add_parser("runs", help="list runs")
+    r = sub.add_parser("runs", help="list runs", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  alma-data runs runs_dir=data/runs")
     r.add_argument("assignments", nargs="*", metavar="runs_dir=DIR")
     r.set_defaults(func=cmd_runs)
     st = sub.add_parser("status", help="each round's tables and checkpoints: done, partial or missing",
