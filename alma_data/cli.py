@@ -236,20 +236,19 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="write to this file instead of the terminal")
     q.add_argument("--max-rows", type=int, default=40, help="rows shown in table format")
     q.set_defaults(func=cmd_query)
-    t = sub.add_parser("tables", help="list the tables of a run with their columns and rows",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  alma-data tables run=default runs_dir=data/runs")
-    t.add_argument("assignments", nargs="*", metavar="run=NAME")
-    t.set_defaults(func=cmd_tables)
-    r = sub.add_parser("runs", help="list runs", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  alma-data runs runs_dir=data/runs")
-    r.add_argument("assignments", nargs="*", metavar="runs_dir=DIR")
-    r.set_defaults(func=cmd_runs)
-    st = sub.add_parser("status", help="each round's tables and checkpoints: done, partial or missing",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  alma-data status run=default")
-    st.add_argument("assignments", nargs="*", metavar="run=NAME")
-    st.set_defaults(func=cmd_status)
+    for name, func, help_, metavar, example in (
+        ("tables", cmd_tables, "list the tables of a run with their columns and rows", "run=NAME",
+         "alma-data tables run=default runs_dir=data/runs"),
+        ("runs", cmd_runs, "list runs", "runs_dir=DIR", "alma-data runs runs_dir=data/runs"),
+        ("status", cmd_status, "each round's tables and checkpoints: done, partial or missing", "run=NAME",
+         "alma-data status run=default"),
+        ("report", cmd_report, "per-round statistics and plots (Markdown + HTML) in the run folder", "run=NAME",
+         "alma-data report run=default   # then open data/runs/default/report/report.html"),
+    ):
+        sp = sub.add_parser(name, help=help_, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog=f"example:\n  {example}")
+        sp.add_argument("assignments", nargs="*", metavar=metavar)
+        sp.set_defaults(func=func)
     pb = sub.add_parser("publish", help="publish a run to the Hugging Face Hub as one dataset (or a folder)",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="keys: repo=ORG/NAME (required), run=NAME, rounds=1,2, splits=sft,dpo,judge_distill,\n"
@@ -261,11 +260,6 @@ def parser() -> argparse.ArgumentParser:
     pb.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
     pb.add_argument("--dry-run", action="store_true", help="write the folder that would be uploaded, upload nothing")
     pb.set_defaults(func=cmd_publish)
-    rp = sub.add_parser("report", help="per-round statistics and plots (Markdown + HTML) in the run folder",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  alma-data report run=default   # then open data/runs/default/report/report.html")
-    rp.add_argument("assignments", nargs="*", metavar="run=NAME")
-    rp.set_defaults(func=cmd_report)
     rc = sub.add_parser("recipes", help="list bundled recipes")
     rc.set_defaults(func=cmd_recipes)
     return p

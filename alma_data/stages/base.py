@@ -43,6 +43,14 @@ class Context:
         m = self.store.manifest(round, table)
         return m is not None and m["config_hash"] == config_hash and m["inputs"] == self.inputs_hash(inputs)
 
+    def skip_if_current(self, info: dict[str, Any], round: int, table: str, config_hash: str,
+                        inputs: list[TableRef]) -> bool:
+        """True (and the stage's summary says so) when the table is already made this way."""
+        if not self.table_current(round, table, config_hash, inputs):
+            return False
+        info.update(skipped=True, rows=self.store.manifest(round, table)["rows"])
+        return True
+
     def checkpoint_current(self, round: int, name: str, config_hash: str, inputs: dict[str, str]) -> bool:
         if not self.store.checkpoint_done(round, name):
             return False

@@ -35,8 +35,7 @@ def evaluate_round(ctx: Context, round: int) -> None:
     h = config_hash(recipe, "eval", "judge.scale", "dtype", "engine",
                     model=store.checkpoint_manifest_hash(mr, mname), judge=store.checkpoint_manifest_hash(1, "judge"))
     with ctx.stage(round, "held-out eval") as info:
-        if ctx.table_current(round, "eval", h, inputs):
-            info.update(skipped=True, rows=store.manifest(round, "eval")["rows"])
+        if ctx.skip_if_current(info, round, "eval", h, inputs):
             return
         prompts = [r for r in store.read(1, "prompts").to_pylist() if r["split"] == "eval"]
         engine = load_engine(recipe.engine, str(store.checkpoint_dir(mr, mname)), dtype=recipe.dtype,

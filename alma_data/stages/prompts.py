@@ -83,8 +83,7 @@ def synthesize_candidates(ctx: Context, round: int) -> None:
     inputs = [TableRef(1, "prompts")]
     h = config_hash(recipe, "model", "prompts", "seed", "dtype", round=round)
     with ctx.stage(round, "prompt candidates") as info:
-        if ctx.table_current(round, "prompt_candidates", h, inputs):
-            info.update(skipped=True, rows=store.manifest(round, "prompt_candidates")["rows"])
+        if ctx.skip_if_current(info, round, "prompt_candidates", h, inputs):
             return
         seeds = [r["prompt"] for r in store.read(1, "prompts").to_pylist() if r["split"] == "train"]
         writer = store.writer(round, "prompt_candidates", config_hash=h, schema=CANDIDATES, inputs=inputs)
@@ -174,8 +173,7 @@ def cluster_candidates(ctx: Context, round: int) -> None:
     inputs = [TableRef(round, "prompt_candidates")] + [TableRef(r, "prompts") for r in range(1, round)]
     h = config_hash(recipe, "prompts", "seed", "model", round=round)
     with ctx.stage(round, "dedup + clusters") as info:
-        if ctx.table_current(round, "prompt_clusters", h, inputs):
-            info.update(skipped=True, rows=store.manifest(round, "prompt_clusters")["rows"])
+        if ctx.skip_if_current(info, round, "prompt_clusters", h, inputs):
             return
         con = store.connect()
         register_parquet(con, "candidates", store.files(round, "prompt_candidates"))
@@ -210,8 +208,7 @@ def select_prompts(ctx: Context, round: int) -> None:
     inputs = [TableRef(round, "prompt_clusters")] + [TableRef(r, "prompts") for r in range(1, round)]
     h = config_hash(recipe, "prompts.k", "seed", round=round)
     with ctx.stage(round, "rebalance prompts") as info:
-        if ctx.table_current(round, "prompts", h, inputs):
-            info.update(skipped=True, rows=store.manifest(round, "prompts")["rows"])
+        if ctx.skip_if_current(info, round, "prompts", h, inputs):
             return
         con = store.connect()
         register_parquet(con, "clustered", store.files(round, "prompt_clusters"))

@@ -54,8 +54,7 @@ def sample_responses(ctx: Context, round: int) -> None:
     inputs = [TableRef(round, "prompts")]
     h = config_hash(recipe, "responses", "seed", "dtype", "engine", round=round, checkpoints=ckpt_hashes)
     with ctx.stage(round, "responses") as info:
-        if ctx.table_current(round, "responses", h, inputs):
-            info.update(skipped=True, rows=store.manifest(round, "responses")["rows"])
+        if ctx.skip_if_current(info, round, "responses", h, inputs):
             return
         prompts = store.read(round, "prompts", columns=["prompt_id", "prompt"]).to_pylist()
         per = recipe.store.shard_rows
@@ -115,8 +114,7 @@ def judge_responses(ctx: Context, round: int) -> None:
     inputs = [TableRef(round, "responses"), TableRef(round, "prompts")]
     h = config_hash(recipe, "judge.scale", "dtype", "engine", judge=store.checkpoint_manifest_hash(jr, jname))
     with ctx.stage(round, "judgments") as info:
-        if ctx.table_current(round, "judgments", h, inputs):
-            info.update(skipped=True, rows=store.manifest(round, "judgments")["rows"])
+        if ctx.skip_if_current(info, round, "judgments", h, inputs):
             return
         con = store.connect()
         register_round_views(con, store, round, ("prompts", "responses"))

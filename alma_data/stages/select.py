@@ -35,8 +35,7 @@ def select_data(ctx: Context, round: int) -> None:
     for table, sql_name, schema, params in specs:
         h = config_hash(recipe, "select", "judge.distill_samples", "seed", round=round)
         with ctx.stage(round, table) as info:
-            if ctx.table_current(round, table, h, inputs):
-                info.update(skipped=True, rows=store.manifest(round, table)["rows"])
+            if ctx.skip_if_current(info, round, table, h, inputs):
                 continue
             con = store.connect()
             register_round_views(con, store, round)
