@@ -35,6 +35,24 @@ def load_base(model_path: str):
     return model, tokenizer
 
 
+def prepare(model_path: str, dataset, render_prompt: Callable | None, answer_fields: tuple[str, ...],
+            empty_message: str):
+    """Load the model and tokenizer, and render each row for training: the prompt through
+    ``render_prompt(tokenizer, prompt)`` (its chat template), each answer ended by the
+    tokenizer's end-of-turn token."""
+    if len(dataset) == 0:
+        raise ValueError(empty_message)
+    model, tokenizer = load_base(model_path)
+    eos = tokenizer.eos_token
+
+    def format_row(row: dict) -> dict:
+        out = {"prompt": render_prompt(tokenizer, row["prompt"]) if render_prompt else row["prompt"]}
+        out.update({k: row[k] + eos for k in answer_fields})
+        return out
+
+    return model, tokenizer, dataset.map(format_row)
+
+
 def parquet_dataset(files: list[str | Path], columns: list[str], to_example: Callable[[dict], dict] | None = None):
     """A ``datasets.Dataset`` straight from the store's shards (optionally mapped to prompt/completion)."""
     import datasets

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from training.common import TrainSpec, common_args, load_base, run_and_save
+from training.common import TrainSpec, common_args, prepare, run_and_save
 
 
 def train_dpo(model_path: str, dataset, out_dir: Path, spec: TrainSpec, *, beta: float = 0.1,
@@ -13,16 +13,9 @@ def train_dpo(model_path: str, dataset, out_dir: Path, spec: TrainSpec, *, beta:
     """DPO from ``model_path`` (also the frozen reference) on ``prompt``/``chosen``/``rejected`` rows."""
     from trl import DPOConfig, DPOTrainer
 
-    if len(dataset) == 0:
-        raise ValueError(f"no preference pairs for {out_dir.name}: every prompt's responses tied; sample more")
-    model, tokenizer = load_base(model_path)
-    eos = tokenizer.eos_token
-
-    def format_row(row: dict) -> dict:
-        prompt = render_prompt(tokenizer, row["prompt"]) if render_prompt else row["prompt"]
-        return {"prompt": prompt, "chosen": row["chosen"] + eos, "rejected": row["rejected"] + eos}
-
-    dataset = dataset.map(format_row)
+    model, tokenizer, dataset = prepare(
+        model_path, dataset, render_prompt, ("chosen", "rejected"),
+        f"no preference pairs for {out_dir.name}: every prompt's responses tied; sample more")
     args = DPOConfig(**common_args(spec, out_dir, len(dataset)), beta=beta)
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     return run_and_save(trainer, tokenizer, out_dir, spec, model_path, len(dataset), log, "dpo")

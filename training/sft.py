@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from training.common import TrainSpec, common_args, load_base, run_and_save
+from training.common import TrainSpec, common_args, prepare, run_and_save
 
 
 def train_sft(model_path: str, dataset, out_dir: Path, spec: TrainSpec, *, log: Callable[[str], None] = print,
@@ -22,17 +22,9 @@ def train_sft(model_path: str, dataset, out_dir: Path, spec: TrainSpec, *, log: 
     """
     from trl import SFTConfig, SFTTrainer
 
-    if len(dataset) == 0:
-        raise ValueError(f"no training examples for {out_dir.name}; check the split it is trained on")
-    model, tokenizer = load_base(model_path)
-    eos = tokenizer.eos_token
-
-    def format_row(row: dict) -> dict:
-        prompt = render_prompt(tokenizer, row["prompt"]) if render_prompt else row["prompt"]
-        return {"prompt": prompt, "completion": row["completion"] + eos}
-
-    dataset = dataset.map(format_row)
+    model, tokenizer, dataset = prepare(model_path, dataset, render_prompt, ("completion",),
+                                        f"no training examples for {out_dir.name}; check the split it is trained on")
     args = SFTConfig(**common_args(spec, out_dir, len(dataset)), completion_only_loss=True, packing=False,
-                     dataset_num_proc=None, eos_token=eos)
+                     dataset_num_proc=None, eos_token=tokenizer.eos_token)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     return run_and_save(trainer, tokenizer, out_dir, spec, model_path, len(dataset), log, "sft")
