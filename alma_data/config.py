@@ -142,11 +142,66 @@ class StoreConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """Settings of ``engine=vllm`` (the ``gpu`` extra): offline ``vllm.LLM`` on local GPUs."""
+    tensor_parallel_size: int = 1
+    """GPUs one model is split over."""
+    data_parallel_size: int = 1
+    """Copies of the model on one machine; with ``executor=ray`` use one worker per GPU instead."""
+    gpu_memory_utilization: float = 0.85
+    enable_prefix_caching: bool = True
+    """The N samples of a prompt (and the judge's questions) share the prefill of their prefix."""
+    max_model_len: int = 0
+    """Longest prompt + response in tokens (0: the model's own limit)."""
+    max_num_seqs: int = 256
+    enforce_eager: bool = False
+    """Skip CUDA graph capture (faster start, slower steady state)."""
+
+
+@dataclass
+class OpenAIConfig:
+    """Settings of ``engine=openai``: any server speaking the OpenAI completions API."""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    """Served model name; ``{name}`` and ``{round}`` are replaced by the checkpoint's
+    (``base`` for the base model, ``m1a``, ``judge``, ...). Empty: the server's first model."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the key (unset: no key is sent)."""
+    max_concurrency: int = 8
+    """Requests in flight at once."""
+    timeout: float = 120.0
+    """Seconds for one request before it is retried."""
+    max_retries: int = 6
+    """Retries on 429, 5xx, timeouts and dropped connections, with exponential backoff."""
+    cache: bool = True
+    """Keep every completion in the run folder keyed by a hash of its request, so that a
+    resumed build never pays twice for the same completion."""
+    top_logprobs: int = 20
+    """Alternatives asked for when the judge's score is read from logprobs."""
+
+
+@dataclass
+class RayConfig:
+    """Settings of ``executor=ray``: sampling and judging shards as Ray tasks."""
+    address: str = ""
+    """Cluster to join (``auto``, ``ray://host:10001``); empty: start a local instance."""
+    num_workers: int = 0
+    """Engine-holding workers (0: as many as the cluster's CPUs or GPUs allow)."""
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float = 0.0
+    """1 for one vLLM instance per GPU."""
+
+
+@dataclass
 class Recipe:
     name: str = "default"
     model: str = "smollm2-135m"
     """Base model M0: an embedded name, a Hub id, a local folder, or ``run:<round>/<checkpoint>``."""
     engine: Literal["transformers", "vllm", "openai"] = "transformers"
+    """What samples and scores: transformers (CPU/GPU, default), vllm (GPU extra), or an
+    OpenAI-compatible server (``openai.base_url``). Training always runs locally."""
+    executor: Literal["local", "ray"] = "local"
+    """Where sampling and judging shards run: this process, or tasks on a Ray cluster."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Inference dtype; ``auto`` is bfloat16 where the CPU or GPU supports it, else float32."""
     seed: int = 0
@@ -160,12 +215,39 @@ class Recipe:
     select: SelectConfig = field(default_factory=SelectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def data_dict(self) -> dict[str, Any]:
+        """The keys that decide the data; where and how fast it runs (EXECUTION_KEYS) left out."""
+        return without_keys(self.to_dict(), EXECUTION_KEYS)
+
     def fingerprint(self) -> str:
-        return fingerprint(self.to_dict())
+        return fingerprint(self.data_dict())
+
+
+EXECUTION_KEYS = (
+    "executor", "ray", "vllm",
+    "openai.base_url", "openai.api_key_env", "openai.max_concurrency", "openai.timeout",
+    "openai.max_retries", "openai.cache",
+)
+"""Recipe keys that change where a build runs, not the rows it writes: changing them
+on an existing run is no recipe change (no --force needed)."""
+
+
+def without_keys(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    out = json.loads(json.dumps(data, default=str))
+    for key in keys:
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
+    return out
 
 
 def fingerprint(obj: Any) -> str:

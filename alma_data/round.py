@@ -62,12 +62,12 @@ def check_run(store: Store, recipe: Recipe, force: bool = False) -> None:
         old = store.read_run()
         try:
             # Through today's dataclasses, so a key added since with its default is no change.
-            old_recipe = recipe_from_dict(old["recipe"]).to_dict()
+            old_recipe = recipe_from_dict(old["recipe"]).data_dict()
         except RecipeError as exc:
             raise BuildError(f"run {store.run!r} was made by another version of alma-data and its recipe no longer "
                              f"loads ({exc}); start a new run with run=NEW_NAME") from exc
         if fingerprint(old_recipe) != recipe.fingerprint():
-            diff = recipe_diff(old_recipe, recipe.to_dict())
+            diff = recipe_diff(old_recipe, recipe.data_dict())
             if not force:
                 raise BuildError(
                     f"run {store.run!r} was built with another recipe ({old['fingerprint']}); the differences:\n"

@@ -29,6 +29,14 @@ class Context:
         if not self.quiet:
             print(message, file=sys.stderr, flush=True)
 
+    def open_engine(self, model_path: str, *, name: str = "base", round: int | None = None,
+                    role: str = "sample"):
+        """The recipe's engine for one checkpoint (``base``: the recipe's model)."""
+        from alma_data.engines import open_engine
+
+        return open_engine(self.recipe, model_path, name=name, round=round, role=role,
+                           cache_dir=self.store.root / "_cache" / "engine")
+
     def progress(self, total: int, desc: str, unit: str = "it"):
         from tqdm.auto import tqdm
 

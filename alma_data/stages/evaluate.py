@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from alma_data import schemas
-from alma_data.engines import SamplingParams, load_engine
+from alma_data.engines import SamplingParams
 from alma_data.prompting import render_chat, stop_strings
 from alma_data.stages.base import Context, config_hash
 from alma_data.stages.judge import open_judge, real_valued_score
@@ -38,8 +38,7 @@ def evaluate_round(ctx: Context, round: int) -> None:
         if ctx.skip_if_current(info, round, "eval", h, inputs):
             return
         prompts = [r for r in store.read(1, "prompts").to_pylist() if r["split"] == "eval"]
-        engine = load_engine(recipe.engine, str(store.checkpoint_dir(mr, mname)), dtype=recipe.dtype,
-                             batch_rows=recipe.responses.batch_size)
+        engine = ctx.open_engine(str(store.checkpoint_dir(mr, mname)), name=mname, round=mr)
         tok = engine.tokenizer
         with ctx.progress(len(prompts), f"answering held-out prompts with {mname}", "prompt") as bar:
             out = engine.generate([render_chat(tok, p["prompt"]) for p in prompts],
@@ -48,7 +47,7 @@ def evaluate_round(ctx: Context, round: int) -> None:
         rate = f"{engine.stats.tokens_per_second:.0f} tok/s"
         engine.close()
         answers = [o[0] for o in out]
-        judge = open_judge(ctx, str(store.checkpoint_dir(1, "judge")))
+        judge = open_judge(ctx, 1, "judge")
         with ctx.progress(len(prompts), "judging held-out answers", "pair") as bar:
             probs, score, score_int = real_valued_score(judge, [p["prompt"] for p in prompts],
                                                         [a.text for a in answers], recipe.judge.scale, bar)

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from alma_data import schemas
-from alma_data.engines import Engine, expected_score, load_engine
+from alma_data.engines import Engine, expected_score
 from alma_data.prompting import RATING_PREFIX, RATING_SUFFIX, judge_question, render_chat
 from alma_data.sql import register_parquet, run_sql
 from alma_data.stages.base import Context, config_hash
@@ -28,9 +28,8 @@ def real_valued_score(engine: Engine, prompts: list[str], responses: list[str], 
     return probs, expected_score(probs), probs.argmax(axis=-1)
 
 
-def open_judge(ctx: Context, path: str) -> Engine:
-    r = ctx.recipe
-    return load_engine(r.engine, path, dtype=r.dtype, score_batch=r.judge.batch_size_score)
+def open_judge(ctx: Context, round: int, name: str = "judge") -> Engine:
+    return ctx.open_engine(str(ctx.store.checkpoint_dir(round, name)), name=name, round=round, role="score")
 
 
 def judge_eval(ctx: Context, round: int, judge: str) -> None:
@@ -51,7 +50,7 @@ def judge_eval(ctx: Context, round: int, judge: str) -> None:
         writer.expect(n_shards)
         todo = [i for i in range(n_shards) if i not in writer.done_shards()]
         if todo:
-            engine = open_judge(ctx, str(store.checkpoint_dir(round, judge)))
+            engine = open_judge(ctx, round, judge)
             with ctx.progress(sum(len(rows[i * shard_rows:(i + 1) * shard_rows]) for i in todo),
                               f"judging held-out annotations ({judge})", "pair") as bar:
                 for i in todo:

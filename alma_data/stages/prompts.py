@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from alma_data import schemas
-from alma_data.engines import SamplingParams, load_engine
+from alma_data.engines import SamplingParams
 from alma_data.ids import normalize_text, prompt_id, seed_int, stable_id
 from alma_data.models import resolve
 from alma_data.sql import register_parquet, run_sql
@@ -93,8 +93,7 @@ def synthesize_candidates(ctx: Context, round: int) -> None:
         todo = [i for i in range(n_shards) if i not in writer.done_shards()]
         engine = None
         if todo:
-            engine = load_engine(recipe.engine, resolve(recipe.model), dtype=recipe.dtype,
-                                 batch_rows=recipe.responses.batch_size)
+            engine = ctx.open_engine(resolve(recipe.model), name="base")
             with ctx.progress(sum(min(per_shard, n_candidates - i * per_shard) for i in todo),
                               f"writing prompt candidates (round {round})", "prompt") as bar:
                 for shard in todo:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from alma_data import schemas
-from alma_data.engines import SamplingParams, load_engine
+from alma_data.engines import SamplingParams
 from alma_data.ids import response_id, seed_int
 from alma_data.prompting import render_chat, stop_strings
 from alma_data.stages.base import Context, config_hash
@@ -74,8 +74,7 @@ def sample_responses(ctx: Context, round: int) -> None:
                     for s in todo:
                         writer.write_shard(s, [])
                     continue
-                engine = load_engine(recipe.engine, str(store.checkpoint_dir(ref.round, name)), dtype=recipe.dtype,
-                                     batch_rows=cfg.batch_size)
+                engine = ctx.open_engine(str(store.checkpoint_dir(ref.round, name)), name=name, round=ref.round)
                 tok = engine.tokenizer
                 for s in todo:
                     chunk = chunks[s - ci * len(chunks)]
@@ -126,7 +125,7 @@ def judge_responses(ctx: Context, round: int) -> None:
         todo = [i for i in range(n_shards) if i not in writer.done_shards()]
         rate = ""
         if todo:
-            engine = open_judge(ctx, str(store.checkpoint_dir(jr, jname)))
+            engine = open_judge(ctx, jr, jname)
             label = f"round={jr}/{jname}"
             with ctx.progress(sum(len(rows[i * per:(i + 1) * per]) for i in todo), f"judging (round {round})", "pair") as bar:
                 for i in todo:
