@@ -120,8 +120,11 @@ class ResponseConfig:
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 256
-    batch_size: int = 8
-    """Prompts per generation batch (each with its samples)."""
+    batch_size: int = 0
+    """Sequences (prompt x sample) decoded together; 0: as many as ``kv_cache_gb`` holds
+    (at most 128 on a CPU, where larger batches stop paying)."""
+    kv_cache_gb: float = 2.0
+    """Memory for the KV cache of one decoding batch when ``batch_size`` is 0."""
 
 
 @dataclass
@@ -166,7 +169,8 @@ class OpenAIConfig:
     """Served model name; ``{name}`` and ``{round}`` are replaced by the checkpoint's
     (``base`` for the base model, ``m1a``, ``judge``, ...). Empty: the server's first model."""
     api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the key (unset: no key is sent)."""
+    """Environment variable holding the key (unset: a placeholder key that servers without
+    authentication ignore)."""
     max_concurrency: int = 8
     """Requests in flight at once."""
     timeout: float = 120.0
@@ -178,6 +182,10 @@ class OpenAIConfig:
     resumed build never pays twice for the same completion."""
     top_logprobs: int = 20
     """Alternatives asked for when the judge's score is read from logprobs."""
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    """Server-specific fields sent with every request. llama.cpp's server samples with
+    top_k=40, min_p=0.05, repeat_penalty=1.1 unless told otherwise: ``openai.extra_body=
+    '{top_k: 0, min_p: 0, repeat_penalty: 1}'`` makes it sample as the recipe says."""
 
 
 @dataclass
@@ -348,6 +356,10 @@ def _check(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise RecipeError(f"{key!r} must be a list of {item.__name__}, e.g. {key}=[1,1,1]; got {value!r}")
         return [_check(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, typing.Dict):
+        if not isinstance(value, dict):
+            raise RecipeError(f"{key!r} must be a mapping, e.g. {key}='{{a: 1}}'; got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         for arg in get_args(hint):
             try:

@@ -58,6 +58,10 @@ def test_score_reading_matches_brute_force_with_multi_token_candidates(engine):
     candidates = [str(s) for s in range(11)]
     # "10" is two tokens in this tokenizer, and "1" is its prefix: the suffix tells them apart.
     assert len(engine.candidate_ids(questions[0], "10" + RATING_SUFFIX)) > len(engine.candidate_ids(questions[0], "1" + RATING_SUFFIX))
+    # The questions share the judge's instructions: the shared-head path is the one tested.
+    from alma_data.engines.transformers_engine import common_prefix
+
+    assert len(common_prefix([engine.tokenizer(q, add_special_tokens=False).input_ids for q in questions])) >= 8
     probs = engine.score_candidates(questions, candidates, suffix=RATING_SUFFIX)
     assert probs.shape == (3, 11)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
@@ -103,3 +107,58 @@ def test_embedded_smollm2_reads_scores_and_answers():
     out = engine.generate([render_chat(tok, "What is the capital of France?")],
                           SamplingParams(n=1, temperature=0.0, max_new_tokens=16, seed=0))
     assert "Paris" in out[0][0].text
+
+
+def test_greedy_decoding_matches_plain_generate_one_sequence_at_a_time(tiny_model):
+    """Shared prefill, left padding, cache copies and dropping finished rows change nothing."""
+    from alma_data.engines.transformers_engine import TransformersEngine
+
+    eng = TransformersEngine(tiny_model, dtype="float32", batch_rows=3)  # n=2 over 3 rows: units split
+    rendered = [render_chat(eng.tokenizer, p) for p in PROMPTS]
+    ours = eng.generate(rendered, SamplingParams(n=2, temperature=0.0, max_new_tokens=10, seed=0))
+    eos = eng._eos_ids()
+    for prompt, row in zip(rendered, ours):
+        ids = eng.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            ref = eng.model.generate(ids, do_sample=False, max_new_tokens=10, eos_token_id=eos,
+                                     pad_token_id=eng.tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+        if any(t in eos for t in ref):
+            ref = ref[: min(ref.index(t) for t in eos if t in ref)]
+        want = eng.tokenizer.decode(ref, skip_special_tokens=True).strip()
+        assert [s.text for s in row] == [want, want]
+        assert all(s.n_tokens == len(ref) for s in row)
+
+
+def test_nucleus_sampling_keeps_exactly_the_top_p_head():
+    from alma_data.engines.transformers_engine import sample_next
+
+    g = torch.Generator().manual_seed(0)
+    vocab = 5000
+    # Peaked rows (nucleus inside the first top-k) and flat rows (the top-k has to grow).
+    logits = torch.cat([torch.randn(4, vocab, generator=g) * 8, torch.randn(4, vocab, generator=g) * 0.01])
+    top_p, temp = 0.9, 0.7
+    probs = torch.softmax(logits / temp, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    allowed = []
+    for r in range(len(logits)):
+        n_keep = int((sorted_p[r].cumsum(0) - sorted_p[r] < top_p).sum())
+        allowed.append(set(order[r, :n_keep].tolist()))
+    assert len(allowed[0]) < 64 < len(allowed[-1])
+    drawn = [set() for _ in logits]
+    for _ in range(200):
+        for r, t in enumerate(sample_next(logits, temp, top_p, g).tolist()):
+            drawn[r].add(t)
+    for r in range(len(logits)):
+        assert drawn[r] <= allowed[r]
+    assert all(t == logits[r].argmax().item() for r, t in enumerate(sample_next(logits, 0.0, top_p, g).tolist()))
+
+
+def test_batch_size_follows_the_memory_budget(tiny_model):
+    from alma_data.engines.transformers_engine import TransformersEngine
+
+    small = TransformersEngine(tiny_model, dtype="float32", batch_rows=0, memory_budget_gb=0.0005)
+    big = TransformersEngine(tiny_model, dtype="float32", batch_rows=0, memory_budget_gb=4)
+    assert 1 <= small.rows_per_batch(512) < big.rows_per_batch(512) <= 128
+    assert small.rows_per_batch(2048) <= small.rows_per_batch(512)
+    fixed = TransformersEngine(tiny_model, dtype="float32", batch_rows=5)
+    assert fixed.rows_per_batch(512) == 5

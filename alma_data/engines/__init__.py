@@ -20,8 +20,8 @@ __all__ = ["Engine", "EngineStats", "Sample", "SamplingParams", "expected_score"
 ENGINES = ("transformers", "vllm", "openai")
 
 
-def load_engine(kind: str, model_path: str, *, dtype: str = "auto", batch_rows: int = 32,
-                score_batch: int = 8, name: str = "base", round: int | None = None,
+def load_engine(kind: str, model_path: str, *, dtype: str = "auto", batch_rows: int = 0,
+                score_batch: int = 8, memory_budget_gb: float = 2.0, name: str = "base", round: int | None = None,
                 options: object | None = None, cache_dir: str | Path | None = None) -> Engine:
     """Build one engine; heavy backends are imported only when asked for.
 
@@ -32,7 +32,8 @@ def load_engine(kind: str, model_path: str, *, dtype: str = "auto", batch_rows: 
     if kind == "transformers":
         from alma_data.engines.transformers_engine import TransformersEngine
 
-        return TransformersEngine(model_path, dtype=dtype, batch_rows=batch_rows, score_batch=score_batch)
+        return TransformersEngine(model_path, dtype=dtype, batch_rows=batch_rows, score_batch=score_batch,
+                                  memory_budget_gb=memory_budget_gb)
     if kind == "vllm":
         from alma_data.engines.vllm_engine import VLLMEngine
 
@@ -49,5 +50,6 @@ def open_engine(recipe: "Recipe", model_path: str, *, name: str = "base", round:
     """The engine a recipe names, for one checkpoint; ``role`` is ``sample`` or ``score``."""
     options = {"vllm": recipe.vllm, "openai": recipe.openai}.get(recipe.engine)
     return load_engine(recipe.engine, model_path, dtype=recipe.dtype, batch_rows=recipe.responses.batch_size,
-                       score_batch=recipe.judge.batch_size_score, name=name, round=round, options=options,
+                       score_batch=recipe.judge.batch_size_score, memory_budget_gb=recipe.responses.kv_cache_gb,
+                       name=name, round=round, options=options,
                        cache_dir=cache_dir)
