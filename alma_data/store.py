@@ -69,6 +69,11 @@ class Store:
     def __init__(self, runs_dir: str | Path, run: str):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run):
             raise StoreError(f"run name {run!r} may hold letters, digits, '.', '_' and '-' only")
+        if "://" in str(runs_dir):
+            # pathlib would quietly turn "s3://b/x" into a local folder "s3:/b/x".
+            raise StoreError(
+                f"runs_dir={runs_dir}: the store reads and writes a filesystem path (manifests, shards, "
+                "checkpoints that engines load); mount the bucket or share a folder over NFS and give its path")
         self.runs_dir = Path(runs_dir)
         self.run = run
         self.root = self.runs_dir / run
@@ -196,6 +201,42 @@ def list_runs(runs_dir: str | Path) -> list[str]:
     return sorted(p.parent.name for p in root.glob("*/run.json")) if root.is_dir() else []
 
 
+def write_shard_file(dir: Path, index: int, rows: pa.Table | list[dict[str, Any]], schema: pa.Schema) -> int:
+    """Write ``part-<index>`` of a table: to a temporary name, then renamed into place."""
+    if isinstance(rows, list):
+        table = pa.Table.from_pylist(rows, schema=schema)
+    else:
+        table = rows.select(schema.names).cast(schema)
+    final = dir / f"part-{index:05d}.parquet"
+    # The process id keeps two writers of one shard (a retried task beside a lost one) apart.
+    tmp = dir / f".{final.name}.{os.getpid()}.tmp"
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    return table.num_rows
+
+
+@dataclass(frozen=True)
+class ShardSink:
+    """The picklable part of a :class:`TableWriter` that executors hand to their workers:
+    it writes shards into the table's folder by absolute path, and nothing else. The driver
+    keeps the writer, which owns the resume state and the manifest."""
+
+    dir: str
+    schema: pa.Schema
+
+    def write_shard(self, index: int, rows: pa.Table | list[dict[str, Any]]) -> int:
+        folder = Path(self.dir)
+        if not folder.is_dir():
+            import socket
+
+            raise StoreError(
+                f"{self.dir} does not exist on {socket.gethostname()}: workers write shards into the runs folder "
+                "directly, so runs_dir must be a filesystem every worker mounts at the same path (e.g. NFS)")
+        return write_shard_file(folder, index, rows, self.schema)
+
+
 class TableWriter:
     """Writes one table shard by shard; resumable; finished by its manifest."""
 
@@ -239,17 +280,11 @@ class TableWriter:
         return {int(m.group(1)) for p in self.dir.iterdir() if (m := SHARD_RE.match(p.name))}
 
     def write_shard(self, index: int, rows: pa.Table | list[dict[str, Any]]) -> int:
-        if isinstance(rows, list):
-            table = pa.Table.from_pylist(rows, schema=self.schema)
-        else:
-            table = rows.select(self.schema.names).cast(self.schema)
-        final = self.shard_path(index)
-        tmp = self.dir / f".{final.name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        return table.num_rows
+        return write_shard_file(self.dir, index, rows, self.schema)
+
+    def sink(self) -> "ShardSink":
+        """What a worker process needs to write this table's shards (never its manifest)."""
+        return ShardSink(str(self.dir.resolve()), self.schema)
 
     def finish(self, expected_shards: int | None = None, **extra: Any) -> dict[str, Any]:
         indices = sorted(self.done_shards())

@@ -8,14 +8,17 @@ exactly the rows an uninterrupted one would.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from alma_data import schemas
 from alma_data.engines import SamplingParams
+from alma_data.executors import EngineSpec, ShardJob, make_executor
 from alma_data.ids import response_id, seed_int
 from alma_data.prompting import render_chat, stop_strings
 from alma_data.stages.base import Context, config_hash
-from alma_data.stages.judge import open_judge, real_valued_score
+from alma_data.stages.judge import real_valued_score
 from alma_data.store import Store, TableRef
 
 
@@ -46,12 +49,42 @@ def checkpoint_mix(ctx: Context, round: int) -> list[tuple[str, TableRef | None,
     return [(name, TableRef(r, name), c) for (name, r), c in zip(names, counts)]
 
 
+@dataclass(frozen=True)
+class SampleShard:
+    """One shard of sampling: ``n`` responses to each of its prompts from one checkpoint."""
+
+    prompts: list[dict]
+    """``prompt_id``, ``prompt`` of each prompt."""
+    checkpoint: str
+    round: int
+    first_sample: int
+    """Sample index of this checkpoint's first response (its offset in the checkpoint mix)."""
+    n: int
+    seed: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+
+
+def sample_shard(engine, shard: SampleShard, progress=None) -> list[dict]:
+    """Rows of one sampling shard; every executor runs this same function."""
+    tok = engine.tokenizer
+    params = SamplingParams(n=shard.n, temperature=shard.temperature, top_p=shard.top_p,
+                            max_new_tokens=shard.max_new_tokens, stop=stop_strings(tok), seed=shard.seed)
+    out = engine.generate([render_chat(tok, p["prompt"]) for p in shard.prompts], params, progress=progress)
+    return [{"response_id": response_id(p["prompt_id"], shard.checkpoint, shard.first_sample + j, shard.round),
+             "prompt_id": p["prompt_id"], "checkpoint": shard.checkpoint, "sample_index": shard.first_sample + j,
+             "seed": shard.seed, "response": smp.text, "n_tokens": smp.n_tokens, "finish_reason": smp.finish_reason}
+            for p, samples in zip(shard.prompts, out) for j, smp in enumerate(samples)]
+
+
 def sample_responses(ctx: Context, round: int) -> None:
     recipe, store = ctx.recipe, ctx.store
     cfg = recipe.responses
     mix = checkpoint_mix(ctx, round)
     ckpt_hashes = {name: store.checkpoint_manifest_hash(ref.round, name) for name, ref, _ in mix}
     inputs = [TableRef(round, "prompts")]
+    # Where shards run (executor, ray.*) is left out of the hash: either executor resumes the other's shards.
     h = config_hash(recipe, "responses", "seed", "dtype", "engine", round=round, checkpoints=ckpt_hashes)
     with ctx.stage(round, "responses") as info:
         if ctx.skip_if_current(info, round, "responses", h, inputs):
@@ -63,39 +96,28 @@ def sample_responses(ctx: Context, round: int) -> None:
         writer.expect(len(mix) * len(chunks))
         done = writer.done_shards()
         offsets = np.cumsum([0] + [c for _, _, c in mix]).tolist()
-        stats = []
+        jobs = []
+        for ci, (name, ref, count) in enumerate(mix):
+            shards = []
+            for k, chunk in enumerate(chunks):
+                s = ci * len(chunks) + k
+                if s in done:
+                    continue
+                if count == 0:  # a checkpoint with no share of the samples: an empty shard, no engine
+                    writer.write_shard(s, [])
+                    continue
+                shards.append((s, SampleShard(chunk, name, round, offsets[ci], count, seed_int(recipe.seed, round, name, s),
+                                              cfg.temperature, cfg.top_p, cfg.max_new_tokens)))
+            path = str(store.checkpoint_dir(ref.round, name).resolve())
+            jobs.append(ShardJob(EngineSpec(path, name=name, round=ref.round), shards))
         total = sum(c * len(prompts) for _, _, c in mix)
         with ctx.progress(total, f"sampling responses (round {round})", "resp") as bar:
-            for ci, (name, ref, count) in enumerate(mix):
-                shards = [ci * len(chunks) + k for k in range(len(chunks))]
-                todo = [s for s in shards if s not in done]
-                bar.update(count * sum(len(chunks[s - ci * len(chunks)]) for s in shards if s in done))
-                if not todo or count == 0:
-                    for s in todo:
-                        writer.write_shard(s, [])
-                    continue
-                engine = ctx.open_engine(str(store.checkpoint_dir(ref.round, name)), name=name, round=ref.round)
-                tok = engine.tokenizer
-                for s in todo:
-                    chunk = chunks[s - ci * len(chunks)]
-                    seed = seed_int(recipe.seed, round, name, s)
-                    params = SamplingParams(n=count, temperature=cfg.temperature, top_p=cfg.top_p,
-                                            max_new_tokens=cfg.max_new_tokens, stop=stop_strings(tok), seed=seed)
-                    out = engine.generate([render_chat(tok, p["prompt"]) for p in chunk], params, progress=bar)
-                    writer.write_shard(s, [
-                        {"response_id": response_id(p["prompt_id"], name, offsets[ci] + j, round),
-                         "prompt_id": p["prompt_id"], "checkpoint": name, "sample_index": offsets[ci] + j,
-                         "seed": seed, "response": smp.text, "n_tokens": smp.n_tokens,
-                         "finish_reason": smp.finish_reason}
-                        for p, samples in zip(chunk, out) for j, smp in enumerate(samples)])
-                stats.append(engine.stats)
-                engine.close()
+            bar.update(total - sum(sh.n * len(sh.prompts) for job in jobs for _, sh in job.shards))
+            ran = executor_for(ctx).run(sample_shard, jobs, writer, bar)
         m = writer.finish(expected_shards=len(mix) * len(chunks),
                           checkpoint_counts={name: count for name, _, count in mix},
                           checkpoints={name: str(store.checkpoint_dir(ref.round, name)) for name, ref, _ in mix})
-        tokens = sum(s.generated_tokens for s in stats)
-        seconds = sum(s.generate_seconds for s in stats)
-        info.update(rows=m["rows"], rate=f"{tokens / seconds:.0f} tok/s" if seconds else "")
+        info.update(rows=m["rows"], rate=ran.rate("tokens"))
 
 
 def current_judge(ctx: Context, round: int) -> tuple[int, str]:
@@ -105,6 +127,25 @@ def current_judge(ctx: Context, round: int) -> tuple[int, str]:
         if store.checkpoint_done(r, "judge"):
             return r, "judge"
     return 1, "judge"
+
+
+@dataclass(frozen=True)
+class JudgeShard:
+    """One shard of judging: (response_id, prompt, response) triples for one judge."""
+
+    rows: list[tuple[str, str, str]]
+    scale: int
+    judge: str
+    """The judge's label in the rows (``round=1/judge``)."""
+
+
+def judge_shard(engine, shard: JudgeShard, progress=None) -> list[dict]:
+    """Rows of one judging shard: real-valued scores; every executor runs this same function."""
+    probs, score, score_int = real_valued_score(engine, [r[1] for r in shard.rows], [r[2] for r in shard.rows],
+                                                shard.scale, progress)
+    return [{"response_id": r[0], "score": float(s), "score_int": int(si),
+             "probs": p.astype(np.float32).tolist(), "judge": shard.judge}
+            for r, p, s, si in zip(shard.rows, probs, score, score_int)]
 
 
 def judge_responses(ctx: Context, round: int) -> None:
@@ -122,24 +163,22 @@ def judge_responses(ctx: Context, round: int) -> None:
         per = recipe.store.shard_rows
         n_shards = max(1, -(-len(rows) // per))
         writer = store.writer(round, "judgments", config_hash=h, schema=schemas.JUDGMENTS, inputs=inputs).expect(n_shards)
-        todo = [i for i in range(n_shards) if i not in writer.done_shards()]
+        label = f"round={jr}/{jname}"
+        shards = [(i, JudgeShard(rows[i * per:(i + 1) * per], recipe.judge.scale, label))
+                  for i in range(n_shards) if i not in writer.done_shards()]
         rate = ""
-        if todo:
-            engine = open_judge(ctx, jr, jname)
-            label = f"round={jr}/{jname}"
-            with ctx.progress(sum(len(rows[i * per:(i + 1) * per]) for i in todo), f"judging (round {round})", "pair") as bar:
-                for i in todo:
-                    part = rows[i * per:(i + 1) * per]
-                    probs, score, score_int = real_valued_score(engine, [r[1] for r in part], [r[2] for r in part],
-                                                                recipe.judge.scale, bar)
-                    writer.write_shard(i, [
-                        {"response_id": r[0], "score": float(s), "score_int": int(si),
-                         "probs": p.astype(np.float32).tolist(), "judge": label}
-                        for r, p, s, si in zip(part, probs, score, score_int)])
-            rate = f"{engine.stats.scored_per_second:.2f} pairs/s"
-            engine.close()
-        m = writer.finish(expected_shards=n_shards, judge=f"round={jr}/{jname}")
+        if shards:
+            job = ShardJob(EngineSpec(str(store.checkpoint_dir(jr, jname).resolve()), name=jname, round=jr, role="score"),
+                           shards)
+            with ctx.progress(sum(len(sh.rows) for _, sh in shards), f"judging (round {round})", "pair") as bar:
+                rate = executor_for(ctx).run(judge_shard, [job], writer, bar).rate("pairs")
+        m = writer.finish(expected_shards=n_shards, judge=label)
         info.update(rows=m["rows"], rate=rate)
+
+
+def executor_for(ctx: Context):
+    """The recipe's executor (``executor=local|ray``) for this build's shards."""
+    return make_executor(ctx.recipe, ctx.store.root / "_cache" / "engine", ctx.log)
 
 
 def register_round_views(con, store: Store, round: int,

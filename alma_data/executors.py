@@ -1,0 +1,330 @@
+"""Executors: where the shards of a sampling or judging stage run.
+
+A stage cuts its work into shards and hands them to an executor as jobs: one job per
+engine (a checkpoint with a role), each with its shards. Every shard runs the same
+per-shard function, ``fn(engine, payload, progress) -> rows``, and its rows are written
+as ``part-<index>`` of the stage's table by whoever ran it. The stage keeps the rest:
+which shards are done, the manifest, the progress bar and the summary line.
+
+- ``local``: this process opens each job's engine in turn and runs its shards in order.
+- ``ray``: actors on a Ray cluster, each holding one engine (one vLLM instance per GPU,
+  say), run shards and write them into the runs folder themselves. An actor whose
+  checkpoint has no shards left is ended and one for a checkpoint with shards left
+  takes its place, so every engine lives in a process of its own and frees its memory
+  with it.
+
+The per-shard seeds come from (seed, round, checkpoint, shard), never from the worker or
+the order shards run in, so both executors write the same rows and either may resume
+what the other started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from alma_data.config import Recipe
+from alma_data.engines import EngineStats, open_engine
+from alma_data.store import ShardSink, TableWriter
+
+ShardFn = Callable[[Any, Any, Any], list]
+"""``fn(engine, payload, progress) -> rows`` for one shard; a module-level function, so
+that Ray can ship it by reference."""
+
+
+class ExecutorError(RuntimeError):
+    """A shard could not be run; the message names the shard and what to do."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine a job needs: one checkpoint in one role (``sample`` or ``score``)."""
+
+    model_path: str
+    name: str = "base"
+    round: int | None = None
+    role: str = "sample"
+
+    def label(self) -> str:
+        return self.name if self.round is None else f"round={self.round}/{self.name}"
+
+
+@dataclass
+class ShardJob:
+    engine: EngineSpec
+    shards: list[tuple[int, Any]]
+    """(shard index, payload) pairs still to run."""
+
+
+@dataclass
+class ShardResult:
+    index: int
+    rows: int
+    stats: EngineStats
+    """This shard's share of its engine's counters."""
+    seconds: float
+    worker: str
+
+
+@dataclass
+class ShardRun:
+    """What an executor did for one stage: its results and its wall time."""
+
+    results: list[ShardResult] = field(default_factory=list)
+    seconds: float = 0.0
+    workers: int = 0
+    executor: str = "local"
+
+    @property
+    def stats(self) -> EngineStats:
+        total = EngineStats()
+        for r in self.results:
+            for f in dataclasses.fields(EngineStats):
+                setattr(total, f.name, getattr(total, f.name) + getattr(r.stats, f.name))
+        return total
+
+    def rate(self, what: str) -> str:
+        """Throughput for the stage's summary line: ``tokens`` or ``pairs``."""
+        s = self.stats
+        count, busy = (s.generated_tokens, s.generate_seconds) if what == "tokens" else (s.scored, s.score_seconds)
+        unit = "tok/s" if what == "tokens" else "pairs/s"
+        if not busy:
+            return ""
+        if self.executor == "local":
+            return f"{count / busy:.0f} {unit}" if what == "tokens" else f"{count / busy:.2f} {unit}"
+        return (f"{count / busy:.1f} {unit} a worker, {count / self.seconds:.1f} {unit} over "
+                f"{self.workers} Ray worker{'s' * (self.workers != 1)}")
+
+
+def _stats_delta(after: EngineStats, before: EngineStats) -> EngineStats:
+    return EngineStats(**{f.name: getattr(after, f.name) - getattr(before, f.name)
+                          for f in dataclasses.fields(EngineStats)})
+
+
+def run_one_shard(engine, fn: ShardFn, index: int, payload: Any, sink, progress=None, worker: str = "local") -> ShardResult:
+    """Run one shard on an open engine and write its rows: the step both executors share."""
+    t0 = time.perf_counter()
+    before = dataclasses.replace(engine.stats)
+    rows = fn(engine, payload, progress)
+    n = sink.write_shard(index, rows)
+    return ShardResult(index=index, rows=n, stats=_stats_delta(engine.stats, before),
+                       seconds=time.perf_counter() - t0, worker=worker)
+
+
+class LocalExecutor:
+    """Runs every shard in this process, one engine at a time (the default)."""
+
+    name = "local"
+
+    def __init__(self, recipe: Recipe, cache_dir: Path, log: Callable[[str], None] = print):
+        self.recipe = recipe
+        self.cache_dir = cache_dir
+
+    def run(self, fn: ShardFn, jobs: list[ShardJob], writer: TableWriter, progress) -> ShardRun:
+        t0 = time.perf_counter()
+        run = ShardRun(executor=self.name, workers=1)
+        for job in jobs:
+            if not job.shards:
+                continue
+            spec = job.engine
+            engine = open_engine(self.recipe, spec.model_path, name=spec.name, round=spec.round, role=spec.role,
+                                 cache_dir=self.cache_dir)
+            try:
+                for index, payload in job.shards:
+                    run.results.append(run_one_shard(engine, fn, index, payload, writer, progress))
+            finally:
+                engine.close()
+        run.seconds = time.perf_counter() - t0
+        return run
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError("executor=ray needs Ray: pip install 'alma-data[ray]' (or pip install 'ray[default]'); "
+                          "or build with executor=local") from exc
+    return ray
+
+
+def _worker_env(num_cpus: float) -> dict[str, str]:
+    """Environment of an engine worker: passive OpenMP waiting (workers share cores with
+    each other and the driver) and as many torch threads as the worker has CPUs."""
+    threads = str(max(1, int(num_cpus)))
+    env = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           "TOKENIZERS_PARALLELISM": "false", "ALMA_DATA_TORCH_THREADS": threads}
+    # Workers on this machine (or on a shared filesystem) run the driver's copy of the code,
+    # also when it is a source checkout rather than the installed package.
+    import alma_data
+
+    root = Path(alma_data.__file__).resolve().parent.parent
+    if root.name not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+class EngineWorker:
+    """A Ray actor holding one engine for one checkpoint; it runs shards and writes them."""
+
+    def __init__(self, recipe: Recipe, spec: EngineSpec, cache_dir: str):
+        threads = int(os.environ.get("ALMA_DATA_TORCH_THREADS", "0"))
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.recipe, self.spec, self.cache_dir = recipe, spec, cache_dir
+        self.engine = None
+        self.where = f"{socket.gethostname()} pid {os.getpid()}"
+
+    def run(self, fn: ShardFn, index: int, payload: Any, sink: ShardSink) -> ShardResult:
+        if self.engine is None:
+            spec = self.spec
+            if os.path.isabs(spec.model_path) and not os.path.exists(spec.model_path):
+                raise FileNotFoundError(
+                    f"{spec.model_path} does not exist on {self.where}: the checkpoints live in the runs folder, so "
+                    "runs_dir must be a filesystem every Ray node mounts at the same path (e.g. NFS)")
+            self.engine = open_engine(self.recipe, spec.model_path, name=spec.name, round=spec.round,
+                                      role=spec.role, cache_dir=self.cache_dir)
+        return run_one_shard(self.engine, fn, index, payload, sink, worker=self.where)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+class RayExecutor:
+    """Runs shards on Ray actors, one engine each; joins ``ray.address`` or starts a local Ray."""
+
+    name = "ray"
+
+    def __init__(self, recipe: Recipe, cache_dir: Path, log: Callable[[str], None] = print):
+        self.ray = import_ray()
+        self.recipe = recipe
+        self.cfg = recipe.ray
+        self.cache_dir = str(Path(cache_dir).resolve())
+        self.log = log
+        if self.cfg.num_cpus_per_worker <= 0 and self.cfg.num_gpus_per_worker <= 0:
+            raise ExecutorError("ray.num_cpus_per_worker and ray.num_gpus_per_worker are both 0: "
+                                "give each worker at least one CPU or GPU")
+        connect(self.ray, self.cfg, log)
+        self.actor_class = self.ray.remote(EngineWorker)
+
+    def workers_for(self, shards: int) -> int:
+        cfg = self.cfg
+        if cfg.num_workers > 0:
+            n = cfg.num_workers
+        else:
+            res = self.ray.cluster_resources()
+            if cfg.num_gpus_per_worker > 0:
+                n = int(res.get("GPU", 0) // cfg.num_gpus_per_worker)
+                if n == 0:
+                    raise ExecutorError(f"ray.num_gpus_per_worker={cfg.num_gpus_per_worker:g} but the Ray cluster has "
+                                        f"no GPUs ({res.get('CPU', 0):g} CPUs): start the GPU nodes with "
+                                        "`ray start --address=HEAD:6379`, or set ray.num_gpus_per_worker=0")
+            else:
+                n = int(res.get("CPU", 0) // cfg.num_cpus_per_worker)
+        return max(1, min(n, shards))
+
+    def _start(self, spec: EngineSpec):
+        cfg = self.cfg
+        return self.actor_class.options(
+            num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker,
+            runtime_env={"env_vars": _worker_env(cfg.num_cpus_per_worker)},
+        ).remote(self.recipe, spec, self.cache_dir)
+
+    def _end(self, actor) -> None:
+        try:
+            self.ray.get(actor.close.remote(), timeout=60)
+        except Exception:  # a dead or stuck actor is killed below all the same
+            pass
+        self.ray.kill(actor)
+
+    def run(self, fn: ShardFn, jobs: list[ShardJob], writer: TableWriter, progress) -> ShardRun:
+        ray = self.ray
+        t0 = time.perf_counter()
+        sink = writer.sink()
+        queues = {job.engine: deque(job.shards) for job in jobs if job.shards}
+        total = sum(len(q) for q in queues.values())
+        n_workers = self.workers_for(total) if total else 0
+        run = ShardRun(executor=self.name, workers=n_workers)
+        holders = {spec: 0 for spec in queues}       # actors alive per engine
+        slots: list[list] = [[None, None] for _ in range(n_workers)]   # [actor, spec]
+        in_flight: dict[Any, tuple[int, EngineSpec, int]] = {}          # ref -> (slot, spec, shard)
+
+        def next_spec(current: EngineSpec | None) -> EngineSpec | None:
+            if current is not None and queues[current]:
+                return current
+            # the engine whose waiting shards have the fewest actors to share them
+            waiting = [s for s, q in queues.items() if q]
+            return max(waiting, key=lambda s: len(queues[s]) / (1 + holders[s])) if waiting else None
+
+        def feed(slot: int) -> None:
+            actor, spec = slots[slot]
+            want = next_spec(spec)
+            if want != spec:
+                if actor is not None:
+                    self._end(actor)
+                    holders[spec] -= 1
+                slots[slot] = [None, None]
+                if want is None:
+                    return
+                actor, spec = self._start(want), want
+                slots[slot] = [actor, spec]
+                holders[spec] += 1
+            index, payload = queues[spec].popleft()
+            in_flight[actor.run.remote(fn, index, payload, sink)] = (slot, spec, index)
+
+        try:
+            for slot in range(n_workers):
+                feed(slot)
+            while in_flight:
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                slot, spec, index = in_flight.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except Exception as exc:
+                    raise ExecutorError(
+                        f"{writer.dir}: shard {index} (engine {spec.label()}) failed on a Ray worker: {exc}\n"
+                        "The shards written so far are kept: fix the cause and rerun the build to resume "
+                        "(with executor=ray or executor=local)") from exc
+                run.results.append(result)
+                if progress is not None:
+                    progress.update(result.rows)
+                feed(slot)
+        finally:
+            for actor, _ in slots:
+                if actor is not None:
+                    self._end(actor)
+        run.seconds = time.perf_counter() - t0
+        return run
+
+
+def connect(ray, cfg, log: Callable[[str], None]) -> None:
+    """Join the cluster at ``ray.address``, or start a local instance sized by the recipe."""
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning", "log_to_driver": True}
+    if cfg.address:
+        ray.init(address=cfg.address, **kwargs)
+        where = f"joined the Ray cluster at {cfg.address}"
+    else:
+        cpus = (cfg.num_workers * cfg.num_cpus_per_worker if cfg.num_workers and cfg.num_cpus_per_worker
+                else os.cpu_count() or 1)
+        ray.init(num_cpus=max(1, int(round(cpus))), **kwargs)
+        where = "started a local Ray instance"
+    res = ray.cluster_resources()
+    log(f"ray: {where}: {len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
+
+
+def make_executor(recipe: Recipe, cache_dir: Path, log: Callable[[str], None] = print):
+    """The executor the recipe names (``executor=local|ray``)."""
+    if recipe.executor == "ray":
+        return RayExecutor(recipe, cache_dir, log)
+    return LocalExecutor(recipe, cache_dir, log)
