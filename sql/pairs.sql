@@ -4,52 +4,43 @@
 --   random_pair: two random responses, the higher-scored one chosen.
 -- "Random" is a seeded hash order. A pair whose scores are equal is skipped: it
 -- teaches nothing. Views: responses, judgments, prompts. Parameters: $strategy, $seed.
--- Pairs are chosen over ids and scores only, by grouping where one row a prompt is
--- wanted; the two texts of each pair are fetched after, so 10M responses are never
--- sorted with their texts.
-WITH scored AS MATERIALIZED (
-    SELECT r.prompt_id, r.response_id, j.score
-    FROM responses r JOIN judgments j USING (response_id)
-),
-best AS MATERIALIZED (
-    -- the top response: the least (-score, response_id), by grouping, not sorting
-    SELECT prompt_id, arg_min(response_id, (-score, response_id)) AS response_id, max(score) AS score
-    FROM scored
-    WHERE $strategy IN ('best_vs_random', 'best_vs_worst')
-    GROUP BY prompt_id
+-- Pairs are chosen over ids and scores only, by aggregates (one row a prompt, no sort
+-- and no window over the responses), and nothing of the responses x judgments join is
+-- kept: each pass joins them again, which costs less than holding 10M rows. The two
+-- texts of each pair are fetched after, in one scan.
+WITH per_prompt AS MATERIALIZED (
+    -- the top response is the least (-score, response_id); the bottom, the greatest
+    -- (-score, response_id): the lowest score, ties to the highest response_id; the
+    -- random pair, the first two in the seeded hash order (then response_id)
+    SELECT r.prompt_id,
+           arg_min({'id': r.response_id, 'score': j.score}, (-j.score, r.response_id)) AS best,
+           arg_max({'id': r.response_id, 'score': j.score}, (-j.score, r.response_id))
+               FILTER (WHERE $strategy = 'best_vs_worst') AS worst,
+           arg_min({'id': r.response_id, 'score': j.score}, (hash(r.response_id, $seed), r.response_id), 2)
+               FILTER (WHERE $strategy = 'random_pair') AS first_two
+    FROM responses r JOIN judgments j USING (response_id) JOIN prompts p USING (prompt_id)
+    GROUP BY r.prompt_id
 ),
 other AS (
-    -- the random response compared with the best is drawn among those scored below it:
-    -- the first of them in the seeded hash order (then response_id)
-    SELECT s.prompt_id, arg_min({'id': s.response_id, 'score': s.score}, (hash(s.response_id, $seed), s.response_id)) AS o
-    FROM scored s JOIN best b USING (prompt_id)
-    WHERE s.score < b.score AND $strategy = 'best_vs_random'
-    GROUP BY s.prompt_id
-),
-worst AS (
-    SELECT * FROM (
-        SELECT *, row_number() OVER (PARTITION BY prompt_id ORDER BY score ASC, response_id DESC) AS worst_rank
-        FROM scored WHERE $strategy = 'best_vs_worst'
-    )
-    WHERE worst_rank = 1
-),
-shuffled AS (
-    SELECT * FROM (
-        SELECT *, row_number() OVER (PARTITION BY prompt_id ORDER BY hash(response_id, $seed), response_id) AS random_rank
-        FROM scored WHERE $strategy = 'random_pair'
-    )
-    WHERE random_rank <= 2
+    -- best_vs_random: the random response compared with the best is drawn among those
+    -- scored below it, the first of them in the seeded hash order (a second pass)
+    SELECT r.prompt_id,
+           arg_min({'id': r.response_id, 'score': j.score}, (hash(r.response_id, $seed), r.response_id)) AS o
+    FROM responses r JOIN judgments j USING (response_id) JOIN per_prompt b ON b.prompt_id = r.prompt_id
+    WHERE j.score < b.best.score AND $strategy = 'best_vs_random'
+    GROUP BY r.prompt_id
 ),
 candidates AS MATERIALIZED (
-    SELECT b.prompt_id, b.response_id AS a_id, b.score AS a_score, o.o.id AS b_id, o.o.score AS b_score
-    FROM best b JOIN other o USING (prompt_id)
-    UNION ALL
-    SELECT b.prompt_id, b.response_id, b.score, w.response_id, w.score
-    FROM best b JOIN worst w USING (prompt_id)
-    UNION ALL
-    SELECT x.prompt_id, x.response_id, x.score, y.response_id, y.score
-    FROM shuffled x JOIN shuffled y USING (prompt_id)
-    WHERE x.random_rank = 1 AND y.random_rank = 2
+    SELECT prompt_id, a.id AS a_id, a.score AS a_score, b.id AS b_id, b.score AS b_score
+    FROM (
+        SELECT b.prompt_id, b.best AS a, o.o AS b FROM per_prompt b JOIN other o USING (prompt_id)
+        UNION ALL
+        SELECT prompt_id, best, worst FROM per_prompt WHERE $strategy = 'best_vs_worst'
+        UNION ALL
+        SELECT prompt_id, first_two[1], first_two[2] FROM per_prompt
+        WHERE $strategy = 'random_pair' AND len(first_two) = 2
+    )
+    WHERE a.score <> b.score
 ),
 texts AS MATERIALIZED (
     SELECT response_id, response FROM responses
@@ -68,5 +59,4 @@ FROM candidates c
 JOIN prompts p USING (prompt_id)
 JOIN texts ta ON ta.response_id = c.a_id
 JOIN texts tb ON tb.response_id = c.b_id
-WHERE a_score <> b_score
 ORDER BY c.prompt_id
