@@ -169,27 +169,43 @@ def shingle_all(texts: pa.Array | list[str], ngram: int = 5, chunk: int = 200_00
     return offsets, sh
 
 
+def signature_table(offsets: np.ndarray, sh: np.ndarray, sig: np.ndarray, used: np.ndarray,
+                    config: MinHashConfig, first_doc: int = 0) -> pa.Table:
+    """The rows ``sql/near_dedup.sql`` reads as its view ``docs``, for docs ``first_doc`` on.
+
+    The one format of signatures: the in-process path hands it to DuckDB as Arrow, the
+    datatrove step (``alma_data.near_dedup_datatrove``) writes it as Parquet shards.
+    """
+    n = len(offsets) - 1
+    if first_doc + n > np.iinfo(np.int32).max:
+        raise ValueError(f"near-dedup numbers docs as INTEGER: {first_doc + n:,} docs is past 2^31; split the input")
+    return pa.table({
+        "doc": pa.array(np.arange(first_doc, first_doc + n, dtype=np.int32)),
+        "used": pa.array(np.asarray(used, dtype=bool)),
+        "n_shingles": pa.array(np.diff(offsets).astype(np.int32)),
+        "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1), pa.uint32()), config.num_perm),
+        "shingles": pa.LargeListArray.from_arrays(pa.array(offsets - offsets[0]), pa.array(sh, pa.uint64())),
+    })
+
+
+def group_docs(con, config: MinHashConfig) -> pa.Table:
+    """Run ``sql/near_dedup.sql`` over the view ``docs`` the caller made: (doc, grp, verdict) in doc order."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DuckDB's note that Arrow output copies: the result is small
+        result = run_sql(con, "near_dedup", bands=config.bands, rows=config.rows, threshold=config.threshold,
+                         max_bucket=config.max_bucket).to_arrow_table()
+    # In doc order whatever the connection's settings (preserve_insertion_order = false
+    # has been seen to hand the rows back out of the file's ORDER BY).
+    return result.sort_by("doc")
+
+
 def group_near_copies(con, offsets: np.ndarray, sh: np.ndarray, sig: np.ndarray, used: np.ndarray,
                       config: MinHashConfig) -> pa.Table:
     """Run ``sql/near_dedup.sql`` over the signatures and shingles: (doc, grp, verdict)."""
-    n = len(offsets) - 1
-    docs = pa.table({
-        "doc": pa.array(np.arange(n, dtype=np.int32)),
-        "used": pa.array(np.asarray(used, dtype=bool)),
-        "n_shingles": pa.array(np.diff(offsets).astype(np.int32)),
-        "sig": pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1)), config.num_perm),
-        "shingles": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(sh)),
-    })
-    con.register("near_dedup_docs_arrow", docs)
+    con.register("near_dedup_docs_arrow", signature_table(offsets, sh, sig, used, config))
     con.execute("CREATE OR REPLACE TEMP VIEW docs AS SELECT * FROM near_dedup_docs_arrow")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DuckDB's note that Arrow output copies: the result is small
-            result = run_sql(con, "near_dedup", bands=config.bands, rows=config.rows, threshold=config.threshold,
-                             max_bucket=config.max_bucket).to_arrow_table()
-        # In doc order whatever the connection's settings (preserve_insertion_order = false
-        # has been seen to hand the rows back out of the file's ORDER BY).
-        return result.sort_by("doc")
+        return group_docs(con, config)
     finally:
         con.execute("DROP VIEW IF EXISTS docs")
         con.unregister("near_dedup_docs_arrow")

@@ -160,6 +160,64 @@ def test_shingles_match_a_plain_python_count():
     assert np.array_equal(off2, off3) and np.array_equal(sh2, sh3)
 
 
+def write_near_dedup_input(folder: Path, texts: list[str], used: np.ndarray) -> None:
+    """The in-process input as two Parquet files with small row groups, so that a task's
+    slice starts and ends inside files and row groups."""
+    folder.mkdir(parents=True)
+    cut = len(texts) // 3
+    for i, (a, b) in enumerate([(0, cut), (cut, len(texts))]):
+        pq.write_table(pa.table({"text": texts[a:b], "used": used[a:b]}), folder / f"part-{i}.parquet",
+                       row_group_size=700)
+
+
+def test_near_dedup_on_datatrove_executors_gives_the_in_process_groups(store, tmp_path):
+    """The signature step runs as datatrove tasks (worker processes, started by forkserver,
+    or one after another); the SQL over their shards gives the in-process groups exactly."""
+    from datatrove.executor import LocalPipelineExecutor
+
+    from alma_data.near_dedup_datatrove import NearDedupSignatures, group_shards
+
+    texts, result, _, n_seeds = near_dedup_small(store)
+    used = np.arange(len(texts)) < n_seeds
+    write_near_dedup_input(tmp_path / "in", texts, used)
+    assert sum(r["verdict"] in ("near_duplicate", "near_used_before") for r in result) > 100
+    for tasks, workers in ((2, 2), (3, 1)):
+        run = tmp_path / f"tasks{tasks}"
+        step = NearDedupSignatures(str(tmp_path / "in"), str(run / "sigs"))
+        LocalPipelineExecutor([step], tasks=tasks, workers=workers, logging_dir=str(run / "logs")).run()
+        assert len(list((run / "sigs").glob("sig-*.parquet"))) == tasks
+        assert group_shards(connect(), str(run / "sigs")).to_pylist() == result
+
+
+def test_near_dedup_shards_must_cover_every_doc_and_a_rerun_redoes_only_the_missing_task(store, tmp_path):
+    from datatrove.executor import LocalPipelineExecutor
+
+    from alma_data.near_dedup import MinHashConfig
+    from alma_data.near_dedup_datatrove import NearDedupSignatures, group_shards
+
+    texts, result, _, n_seeds = near_dedup_small(store)
+    write_near_dedup_input(tmp_path / "in", texts, np.arange(len(texts)) < n_seeds)
+    sigs, logs = tmp_path / "sigs", tmp_path / "logs"
+
+    def run():
+        LocalPipelineExecutor([NearDedupSignatures(str(tmp_path / "in"), str(sigs))], tasks=3, workers=1,
+                              logging_dir=str(logs)).run()
+
+    run()
+    kept = {p.name: p.stat().st_mtime_ns for p in sigs.glob("sig-*.parquet")}
+    # a task that never finished: no shard, no completion marker
+    (sigs / "sig-00001.parquet").unlink()
+    (logs / "completions" / "00001").unlink()
+    with pytest.raises(ValueError, match="did not finish"):
+        group_shards(connect(), str(sigs))
+    with pytest.raises(ValueError, match="MinHash settings"):
+        group_shards(connect(), str(sigs), MinHashConfig(bands=10, rows=10))
+    run()
+    assert {p.name: p.stat().st_mtime_ns for p in sigs.glob("sig-*.parquet") if p.name != "sig-00001.parquet"} == \
+        {k: v for k, v in kept.items() if k != "sig-00001.parquet"}  # finished tasks were skipped
+    assert group_shards(connect(), str(sigs)).to_pylist() == result
+
+
 def round_views(store):
     con = connect()
     register_round_views(con, store, 2)
