@@ -283,11 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alma-data: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        from alma_data.engines import EngineError
         from alma_data.models import ModelError
         from alma_data.round import BuildError
         from alma_data.seeds import SeedError
 
-        if isinstance(exc, (SeedError, ModelError, BuildError)):
+        if isinstance(exc, (SeedError, ModelError, BuildError, EngineError)):
             print(f"alma-data: error: {exc}", file=sys.stderr)
             return 2
         import duckdb

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from alma_data.engines.base import Engine, EngineStats, Sample, SamplingParams, expected_score
+from alma_data.engines.base import Engine, EngineError, EngineStats, Sample, SamplingParams, expected_score
 
 if TYPE_CHECKING:
     from alma_data.config import Recipe
 
-__all__ = ["Engine", "EngineStats", "Sample", "SamplingParams", "expected_score", "load_engine", "open_engine"]
+__all__ = ["Engine", "EngineError", "EngineStats", "Sample", "SamplingParams", "expected_score", "load_engine", "open_engine"]
 
 ENGINES = ("transformers", "vllm", "openai")
 

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class EngineError(RuntimeError):
+    """An engine that cannot run as asked (a server down, a model not served); the message says what to do."""
+
+
 @dataclass
 class SamplingParams:
     n: int = 1

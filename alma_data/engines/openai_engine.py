@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from alma_data.engines.base import Engine, EngineStats, Sample, SamplingParams
+from alma_data.engines.base import Engine, EngineError, EngineStats, Sample, SamplingParams
 from alma_data.ids import seed_int
 
 CACHE_VERSION = 1
@@ -42,7 +42,7 @@ START_A_SERVER = (
 )
 
 
-class OpenAIEngineError(RuntimeError):
+class OpenAIEngineError(EngineError):
     """A server that cannot be used as asked; the message names the server and the fix."""
 
 
@@ -135,6 +135,7 @@ class OpenAIEngine(Engine):
         self._model = served_name(cfg.model, name, round) or None
         self._checked = False
         self._check_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
         self._openai = openai
         self.client = openai.OpenAI(base_url=self.base_url, api_key=os.environ.get(cfg.api_key_env) or "none",
                                     timeout=cfg.timeout, max_retries=cfg.max_retries)
@@ -181,8 +182,10 @@ class OpenAIEngine(Engine):
                 if served is not None and model not in served:
                     raise OpenAIEngineError(
                         f"the server at {self.base_url} does not serve model {model!r} (checkpoint "
-                        f"{self.checkpoint!r}); it serves: {', '.join(served) or 'nothing'}. Set openai.model= to one "
-                        "of those ({name} and {round} stand for the checkpoint), or start a server for this one")
+                        f"{self.checkpoint!r}, {self.model_path}); it serves: {', '.join(served) or 'nothing'}. Serve "
+                        f"that checkpoint under this name (e.g. vllm serve {self.model_path} --served-model-name "
+                        f"{model}) and rerun, or set openai.model to the name it is served under ({{name}} and "
+                        "{round} stand for the checkpoint's)")
             self._checked = True
 
     def _cache_for(self) -> RequestCache | None:
@@ -201,7 +204,7 @@ class OpenAIEngine(Engine):
         if cache is not None:
             hit = cache.get(key)
             if hit is not None:
-                with self._check_lock:
+                with self._stats_lock:
                     self.stats.cache_hits += 1
                 return hit
         self._check_model()
@@ -231,7 +234,7 @@ class OpenAIEngine(Engine):
         answer = {**choices[0], "usage": data.get("usage")}
         if need_logprobs:
             self._check_logprobs(answer)
-        with self._check_lock:
+        with self._stats_lock:
             self.stats.requests += 1
             self.stats.retries += raw.retries_taken
         if cache is not None:
@@ -280,20 +283,22 @@ class OpenAIEngine(Engine):
         out: list[dict[str, Any] | None] = [None] * len(requests)
         if not requests:
             return []
-        with ThreadPoolExecutor(max_workers=max(1, self.cfg.max_concurrency),
-                                thread_name_prefix="alma-openai") as pool:
-            futures = {pool.submit(self._complete, r, need_logprobs): i for i, r in enumerate(requests)}
-            pending = set(futures)
-            try:
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    for f in finished:
-                        i = futures[f]
-                        out[i] = f.result()  # the first failure stops the call; answers so far are cached
-                        done(i)
-            finally:
-                for f in pending:
-                    f.cancel()
+        self._cache_for()  # opened here, before the threads share it
+        pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.max_concurrency), thread_name_prefix="alma-openai")
+        futures = {pool.submit(self._complete, r, need_logprobs): i for i, r in enumerate(requests)}
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for f in finished:
+                    i = futures[f]
+                    out[i] = f.result()  # the first failure stops the call; answers so far are cached
+                    done(i)
+        except BaseException:
+            # Raise now: requests not started are dropped, those in flight end on their own.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return out  # type: ignore[return-value]
 
     # -- sampling -------------------------------------------------------------------------
@@ -422,7 +427,7 @@ class OpenAIEngine(Engine):
         for key in (text, f"token_id:{token}"):  # vLLM's --return-tokens-as-token-ids names tokens by id
             if key in top:
                 return float(top[key])
-        with self._check_lock:
+        with self._stats_lock:
             self.stats.missing_logprobs += 1
         return float(min(top.values()))
 
