@@ -140,6 +140,8 @@ class FrontServer:
         self.script, self.then = list(script), then
         self.posts: list[tuple[float, object]] = []
         self.answers: dict[str, dict] = {}  # prompt -> the server's answer, for what it forwarded
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
         self.release = threading.Event()
         front = self
 
@@ -169,6 +171,16 @@ class FrontServer:
                 self._send(*self._forward(None))
 
             def do_POST(self):
+                with front.lock:
+                    front.in_flight += 1
+                    front.max_in_flight = max(front.max_in_flight, front.in_flight)
+                try:
+                    self._post()
+                finally:
+                    with front.lock:
+                        front.in_flight -= 1
+
+            def _post(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 k = len(front.posts)
                 action = front.script[k] if k < len(front.script) else front.then
@@ -245,6 +257,16 @@ def test_sampling_is_reproducible_for_a_seed_and_follows_the_params(server, mode
     engine.close()
 
 
+def test_requests_in_flight_are_bounded_by_max_concurrency(server, model_path):
+    with FrontServer(server.url, []) as front:
+        engine = load_engine("openai", model_path, options=config(front.url, cache=False, max_concurrency=3))
+        out = engine.generate(["Once upon a time"], SamplingParams(n=7, temperature=1.0, max_new_tokens=3, seed=1))
+    assert len(out[0]) == 7 and len(front.posts) == 7
+    # llama.cpp's server answers one at a time, so the engine's three wait there together.
+    assert front.max_in_flight == 3
+    engine.close()
+
+
 # -- score reading ----------------------------------------------------------------------------
 def by_hand(answers: dict[str, dict], question: str) -> np.ndarray:
     """The renormalised probabilities of "0]]".."10]]", from the server's answers as it sent them."""
@@ -290,6 +312,22 @@ def test_scores_come_from_the_servers_logprobs_and_agree_with_transformers(serve
     assert np.abs(score - ref_score).max() < 0.2, (score, ref_score)
     print(f"[openai engine] vs transformers: max |p| difference {np.abs(probs - ref).max():.4f}, "
           f"scores {np.round(score, 3)} vs {np.round(ref_score, 3)}")
+    engine.close()
+
+
+def test_a_candidate_outside_the_top_logprobs_reads_as_their_lowest(server, model_path):
+    with FrontServer(server.url, []) as front:
+        engine = load_engine("openai", model_path, options=config(front.url, cache=False, top_logprobs=5))
+        q = render_chat(engine.tokenizer, judge_question("Name a fruit.", "An apple.")) + RATING_PREFIX
+        probs = engine.score_candidates([q], ["5", " zebra"])
+    root = front.answers[q]["choices"][0]["logprobs"]["top_logprobs"][0]
+    first = engine.tokenizer.decode(engine.candidate_ids(q, " zebra")[:1])
+    assert "5" in root and first not in root
+    assert engine.stats.missing_logprobs >= 1
+    # " zebra" is at most what its first token's stand-in (the lowest listed value) allows.
+    floor = min(root.values())
+    assert probs[0, 1] <= np.exp(floor) / (np.exp(root["5"]) + np.exp(floor)) + 1e-12
+    np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-12)
     engine.close()
 
 
