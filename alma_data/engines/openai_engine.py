@@ -1,8 +1,8 @@
 """engine=openai: any server speaking the OpenAI completions API.
 
 vLLM (``vllm serve``), llama.cpp's server (``python -m llama_cpp.server`` or ``llama-server``),
-TGI and hosted APIs with a completions endpoint. Prompts arrive rendered (chat template
-applied here, with the local tokenizer), so only ``/completions`` is used, never chat.
+TGI and hosted APIs with a completions endpoint. Prompts arrive rendered (the stages apply
+the chat template with the local tokenizer), so only ``/completions`` is used, never chat.
 
 - One request per sample, each with its own seed (from the sampling seed, the prompt's
   and the sample's index): the same seed asks the same questions, whatever the batching.
