@@ -317,6 +317,8 @@ def apply_override(recipe: Recipe, key: str, raw: str) -> None:
                 value = yaml.safe_load(raw) if isinstance(raw, str) else raw
             except yaml.YAMLError:
                 value = raw
+            if hint is str and isinstance(raw, str) and not isinstance(value, str):
+                value = raw  # a string key takes the text as typed: openai.model={name}, seeds.sft=data/x.jsonl
             setattr(target, part, _check(hint, value, key))
         else:
             if not dataclasses.is_dataclass(hint):

@@ -66,3 +66,14 @@ def test_fingerprint_changes_with_any_knob():
     a, b = load_recipe("default"), load_recipe("default", {"responses.top_p": "0.9"})
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == load_recipe("default").fingerprint()
+
+
+def test_string_keys_take_the_text_as_typed():
+    from alma_data.config import load_recipe
+
+    r = load_recipe("default", {"openai.model": "{name}-r{round}", "seeds.split": "2024", "executor": "ray"})
+    assert r.openai.model == "{name}-r{round}" and r.seeds.split == "2024"
+    # Where a build runs is not what it makes: the fingerprint ignores executor and server settings.
+    assert r.fingerprint() == load_recipe("default", {"openai.model": "{name}-r{round}",
+                                                      "openai.base_url": "http://10.0.0.1:9/v1"}).fingerprint()
+    assert r.fingerprint() != load_recipe("default", {"openai.model": "other"}).fingerprint()
