@@ -70,6 +70,8 @@ class ShardResult:
     """This shard's share of its engine's counters."""
     seconds: float
     worker: str
+    engine_seconds: float = 0.0
+    """Opening the engine, on the shard that opened it."""
 
 
 @dataclass
@@ -80,6 +82,9 @@ class ShardRun:
     seconds: float = 0.0
     workers: int = 0
     executor: str = "local"
+    worker_start_seconds: float = 0.0
+    """Ray: from asking for a worker to its first shard, less that shard's work and engine
+    load (process start, imports), summed over workers."""
 
     @property
     def stats(self) -> EngineStats:
@@ -88,6 +93,14 @@ class ShardRun:
             for f in dataclasses.fields(EngineStats):
                 setattr(total, f.name, getattr(total, f.name) + getattr(r.stats, f.name))
         return total
+
+    def provenance(self) -> dict[str, Any]:
+        """For the table's manifest: who wrote the shards of this invocation (earlier ones kept theirs)."""
+        return {"executor": self.executor, "shards": len(self.results), "workers": self.workers,
+                "processes": sorted({r.worker for r in self.results}), "seconds": round(self.seconds, 3),
+                "busy_seconds": round(sum(r.seconds for r in self.results), 3),
+                "engine_seconds": round(sum(r.engine_seconds for r in self.results), 3),
+                "worker_start_seconds": round(self.worker_start_seconds, 3)}
 
     def rate(self, what: str) -> str:
         """Throughput for the stage's summary line: ``tokens`` or ``pairs``."""
@@ -107,14 +120,18 @@ def _stats_delta(after: EngineStats, before: EngineStats) -> EngineStats:
                           for f in dataclasses.fields(EngineStats)})
 
 
-def run_one_shard(engine, fn: ShardFn, index: int, payload: Any, sink, progress=None, worker: str = "local") -> ShardResult:
+def this_process() -> str:
+    return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+def run_one_shard(engine, fn: ShardFn, index: int, payload: Any, sink, progress=None) -> ShardResult:
     """Run one shard on an open engine and write its rows: the step both executors share."""
     t0 = time.perf_counter()
     before = dataclasses.replace(engine.stats)
     rows = fn(engine, payload, progress)
     n = sink.write_shard(index, rows)
     return ShardResult(index=index, rows=n, stats=_stats_delta(engine.stats, before),
-                       seconds=time.perf_counter() - t0, worker=worker)
+                       seconds=time.perf_counter() - t0, worker=this_process())
 
 
 class LocalExecutor:
@@ -133,11 +150,14 @@ class LocalExecutor:
             if not job.shards:
                 continue
             spec = job.engine
+            t1 = time.perf_counter()
             engine = open_engine(self.recipe, spec.model_path, name=spec.name, round=spec.round, role=spec.role,
                                  cache_dir=self.cache_dir)
+            opened = time.perf_counter() - t1
             try:
                 for index, payload in job.shards:
                     run.results.append(run_one_shard(engine, fn, index, payload, writer, progress))
+                    run.results[-1].engine_seconds, opened = opened, 0.0
             finally:
                 engine.close()
         run.seconds = time.perf_counter() - t0
@@ -180,10 +200,12 @@ class EngineWorker:
             torch.set_num_threads(threads)
         self.recipe, self.spec, self.cache_dir = recipe, spec, cache_dir
         self.engine = None
-        self.where = f"{socket.gethostname()} pid {os.getpid()}"
+        self.where = this_process()
 
     def run(self, fn: ShardFn, index: int, payload: Any, sink: ShardSink) -> ShardResult:
+        opened = 0.0
         if self.engine is None:
+            t0 = time.perf_counter()
             spec = self.spec
             if os.path.isabs(spec.model_path) and not os.path.exists(spec.model_path):
                 raise FileNotFoundError(
@@ -191,7 +213,10 @@ class EngineWorker:
                     "runs_dir must be a filesystem every Ray node mounts at the same path (e.g. NFS)")
             self.engine = open_engine(self.recipe, spec.model_path, name=spec.name, round=spec.round,
                                       role=spec.role, cache_dir=self.cache_dir)
-        return run_one_shard(self.engine, fn, index, payload, sink, worker=self.where)
+            opened = time.perf_counter() - t0
+        result = run_one_shard(self.engine, fn, index, payload, sink)
+        result.engine_seconds = opened
+        return result
 
     def close(self) -> None:
         if self.engine is not None:
@@ -230,7 +255,19 @@ class RayExecutor:
                                         "`ray start --address=HEAD:6379`, or set ray.num_gpus_per_worker=0")
             else:
                 n = int(res.get("CPU", 0) // cfg.num_cpus_per_worker)
-        return max(1, min(n, shards))
+        n = max(1, min(n, shards))
+        res = self.ray.cluster_resources()
+        fit = min(res.get("CPU", 0) // cfg.num_cpus_per_worker if cfg.num_cpus_per_worker else n,
+                  res.get("GPU", 0) // cfg.num_gpus_per_worker if cfg.num_gpus_per_worker else n)
+        if fit < 1 and not cfg.address:
+            raise ExecutorError(f"a worker needs {cfg.num_cpus_per_worker:g} CPUs and {cfg.num_gpus_per_worker:g} GPUs; "
+                                f"this machine's Ray has {res.get('CPU', 0):g} CPUs and {res.get('GPU', 0):g} GPUs: "
+                                "lower ray.num_cpus_per_worker / ray.num_gpus_per_worker, or join a cluster with ray.address")
+        if fit < n:
+            self.log(f"ray: {n} workers of {cfg.num_cpus_per_worker:g} CPUs and {cfg.num_gpus_per_worker:g} GPUs each "
+                     f"do not fit the cluster now ({res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs): "
+                     f"{int(fit)} run at once and the others wait (or an autoscaler adds nodes)")
+        return n
 
     def _start(self, spec: EngineSpec):
         cfg = self.cfg
@@ -239,48 +276,46 @@ class RayExecutor:
             runtime_env={"env_vars": _worker_env(cfg.num_cpus_per_worker)},
         ).remote(self.recipe, spec, self.cache_dir)
 
-    def _end(self, actor) -> None:
-        try:
-            self.ray.get(actor.close.remote(), timeout=60)
-        except Exception:  # a dead or stuck actor is killed below all the same
-            pass
+    def _end(self, actor, polite: bool = True) -> None:
+        if polite:  # let the engine free its memory the way it knows, then end the process
+            try:
+                self.ray.get(actor.close.remote(), timeout=60)
+            except Exception:  # a dead or stuck actor is killed below all the same
+                pass
         self.ray.kill(actor)
 
     def run(self, fn: ShardFn, jobs: list[ShardJob], writer: TableWriter, progress) -> ShardRun:
         ray = self.ray
         t0 = time.perf_counter()
         sink = writer.sink()
-        queues = {job.engine: deque(job.shards) for job in jobs if job.shards}
-        total = sum(len(q) for q in queues.values())
-        n_workers = self.workers_for(total) if total else 0
+        plan = WorkerPlan(jobs)
+        n_workers = self.workers_for(plan.pending()) if plan.pending() else 0
         run = ShardRun(executor=self.name, workers=n_workers)
-        holders = {spec: 0 for spec in queues}       # actors alive per engine
         slots: list[list] = [[None, None] for _ in range(n_workers)]   # [actor, spec]
+        asked: dict[int, float] = {}                                     # slot -> when its worker was asked for
         in_flight: dict[Any, tuple[int, EngineSpec, int]] = {}          # ref -> (slot, spec, shard)
-
-        def next_spec(current: EngineSpec | None) -> EngineSpec | None:
-            if current is not None and queues[current]:
-                return current
-            # the engine whose waiting shards have the fewest actors to share them
-            waiting = [s for s, q in queues.items() if q]
-            return max(waiting, key=lambda s: len(queues[s]) / (1 + holders[s])) if waiting else None
 
         def feed(slot: int) -> None:
             actor, spec = slots[slot]
-            want = next_spec(spec)
+            want = plan.next_engine(spec)
             if want != spec:
                 if actor is not None:
                     self._end(actor)
-                    holders[spec] -= 1
+                    plan.holders[spec] -= 1
                 slots[slot] = [None, None]
                 if want is None:
                     return
                 actor, spec = self._start(want), want
                 slots[slot] = [actor, spec]
-                holders[spec] += 1
-            index, payload = queues[spec].popleft()
+                asked[slot] = time.perf_counter()
+                plan.holders[spec] += 1
+            index, payload = plan.queues[spec].popleft()
             in_flight[actor.run.remote(fn, index, payload, sink)] = (slot, spec, index)
 
+        if n_workers:
+            self.log(f"ray: {plan.pending()} shards of {writer.table} on {n_workers} worker{'s' * (n_workers != 1)} "
+                     f"({', '.join(f'{s.label()}: {len(q)}' for s, q in plan.queues.items())})")
+        finished = False
         try:
             for slot in range(n_workers):
                 feed(slot)
@@ -295,15 +330,60 @@ class RayExecutor:
                         "The shards written so far are kept: fix the cause and rerun the build to resume "
                         "(with executor=ray or executor=local)") from exc
                 run.results.append(result)
+                startup = None
+                if slot in asked:
+                    startup = time.perf_counter() - asked.pop(slot) - result.seconds
+                    run.worker_start_seconds += max(0.0, startup - result.engine_seconds)
+                plan.record(spec, result.seconds, startup)
                 if progress is not None:
                     progress.update(result.rows)
                 feed(slot)
+            finished = True
         finally:
             for actor, _ in slots:
                 if actor is not None:
-                    self._end(actor)
+                    self._end(actor, polite=finished)
         run.seconds = time.perf_counter() - t0
         return run
+
+
+class WorkerPlan:
+    """Which engine a free Ray worker should hold next.
+
+    A worker keeps its engine while that engine has shards waiting. Once it has none, the
+    worker is ended, and a worker for another engine starts in its place only where that
+    pays: when that engine has no worker, or when its waiting shards would keep its
+    workers busy for longer than starting a worker takes (both measured in this stage).
+    """
+
+    def __init__(self, jobs: list[ShardJob]):
+        self.queues = {job.engine: deque(job.shards) for job in jobs if job.shards}
+        self.holders = {spec: 0 for spec in self.queues}
+        self.shard_seconds: dict[EngineSpec, list[float]] = {spec: [] for spec in self.queues}
+        self.startups: list[float] = []
+
+    def pending(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def record(self, spec: EngineSpec, shard_seconds: float, startup: float | None) -> None:
+        self.shard_seconds[spec].append(shard_seconds)
+        if startup is not None:
+            self.startups.append(startup)
+
+    def worth_starting(self, spec: EngineSpec) -> bool:
+        if self.holders[spec] == 0 or not self.startups:  # nobody holds it, or the stage is starting
+            return True
+        times = self.shard_seconds[spec] or [t for ts in self.shard_seconds.values() for t in ts]
+        waiting = len(self.queues[spec]) * sum(times) / len(times) / self.holders[spec]
+        return waiting > sum(self.startups) / len(self.startups)
+
+    def next_engine(self, current: EngineSpec | None) -> EngineSpec | None:
+        if current is not None and self.queues[current]:
+            return current
+        waiting = [s for s, q in self.queues.items() if q and self.worth_starting(s)]
+        # an engine nobody holds first, then the one whose waiting shards have the fewest workers to share them
+        return max(waiting, key=lambda s: (self.holders[s] == 0, len(self.queues[s]) / (1 + self.holders[s])),
+                   default=None)
 
 
 def connect(ray, cfg, log: Callable[[str], None]) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from alma_data import schemas
 from alma_data.engines import SamplingParams
-from alma_data.executors import EngineSpec, ShardJob, make_executor
+from alma_data.executors import EngineSpec, ShardJob, ShardRun, make_executor
 from alma_data.ids import response_id, seed_int
 from alma_data.prompting import render_chat, stop_strings
 from alma_data.stages.base import Context, config_hash
@@ -116,7 +116,8 @@ def sample_responses(ctx: Context, round: int) -> None:
             ran = executor_for(ctx).run(sample_shard, jobs, writer, bar)
         m = writer.finish(expected_shards=len(mix) * len(chunks),
                           checkpoint_counts={name: count for name, _, count in mix},
-                          checkpoints={name: str(store.checkpoint_dir(ref.round, name)) for name, ref, _ in mix})
+                          checkpoints={name: str(store.checkpoint_dir(ref.round, name)) for name, ref, _ in mix},
+                          run_by=ran.provenance())
         info.update(rows=m["rows"], rate=ran.rate("tokens"))
 
 
@@ -166,14 +167,14 @@ def judge_responses(ctx: Context, round: int) -> None:
         label = f"round={jr}/{jname}"
         shards = [(i, JudgeShard(rows[i * per:(i + 1) * per], recipe.judge.scale, label))
                   for i in range(n_shards) if i not in writer.done_shards()]
-        rate = ""
+        job = ShardJob(EngineSpec(str(store.checkpoint_dir(jr, jname).resolve()), name=jname, round=jr, role="score"),
+                       shards)
+        ran = ShardRun(executor=recipe.executor)
         if shards:
-            job = ShardJob(EngineSpec(str(store.checkpoint_dir(jr, jname).resolve()), name=jname, round=jr, role="score"),
-                           shards)
             with ctx.progress(sum(len(sh.rows) for _, sh in shards), f"judging (round {round})", "pair") as bar:
-                rate = executor_for(ctx).run(judge_shard, [job], writer, bar).rate("pairs")
-        m = writer.finish(expected_shards=n_shards, judge=label)
-        info.update(rows=m["rows"], rate=rate)
+                ran = executor_for(ctx).run(judge_shard, [job], writer, bar)
+        m = writer.finish(expected_shards=n_shards, judge=label, run_by=ran.provenance())
+        info.update(rows=m["rows"], rate=ran.rate("pairs"))
 
 
 def executor_for(ctx: Context):
