@@ -124,6 +124,22 @@ def stage_dedup(store, work: Path, args) -> dict:
     return out
 
 
+def near_dedup_input(store, work: Path, con):
+    """The docs near-dedup runs on: round 1's prompts (used), then the exact-unique candidates
+    in candidate_id order. Returns (texts, used flags, seed prompt ids, unique candidates)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    unique = con.execute(f"SELECT candidate_id, prompt_id, prompt FROM read_parquet('{work / 'dedup.parquet'}') "
+                         "WHERE dedup = 'unique' ORDER BY candidate_id").to_arrow_table()
+    used = pq.read_table(store.files(1, "prompts")[0], columns=["prompt_id", "prompt"])
+    texts = pa.concat_arrays([used["prompt"].combine_chunks().cast(pa.large_string()),
+                              unique["prompt"].combine_chunks().cast(pa.large_string())])
+    is_used = np.r_[np.ones(used.num_rows, bool), np.zeros(unique.num_rows, bool)]
+    return texts, is_used, used, unique
+
+
 def stage_near_dedup(store, work: Path, args) -> dict:
     import numpy as np
     import pyarrow as pa
@@ -133,20 +149,16 @@ def stage_near_dedup(store, work: Path, args) -> dict:
     from alma_data import near_dedup as nd
 
     con = duck(work, args.threads, args.memory_limit)
-    unique = con.execute(f"SELECT candidate_id, prompt_id, prompt FROM read_parquet('{work / 'dedup.parquet'}') "
-                         "WHERE dedup = 'unique' ORDER BY candidate_id").to_arrow_table()
-    used = pq.read_table(store.files(1, "prompts")[0], columns=["prompt_id", "prompt"])
-    texts = pa.concat_arrays([used["prompt"].combine_chunks().cast(pa.large_string()),
-                              unique["prompt"].combine_chunks().cast(pa.large_string())])
-    is_used = np.r_[np.ones(used.num_rows, bool), np.zeros(unique.num_rows, bool)]
+    texts, is_used, used, unique = near_dedup_input(store, work, con)
     cfg = nd.MinHashConfig()
     t0 = time.perf_counter()
     offsets, sh = nd.shingle_all(texts, cfg.ngram)
     t1 = time.perf_counter()
-    sig = nd.minhash(offsets, sh, cfg.num_perm, cfg.seed)
+    sig = nd.minhash(offsets, sh, cfg.num_perm, cfg.seed, workers=args.threads)
     t2 = time.perf_counter()
     result = nd.group_near_copies(con, offsets, sh, sig, is_used, cfg)
     t3 = time.perf_counter()
+    pq.write_table(result, work / "near_dedup_docs.parquet")
     docs = result.slice(used.num_rows)
     # grp: the survivor's candidate_id, or "seed:<prompt_id>" for a prompt of round 1
     keys = pa.concat_arrays([pc.binary_join_element_wise("seed:", used["prompt_id"].combine_chunks(), ""),
@@ -158,6 +170,41 @@ def stage_near_dedup(store, work: Path, args) -> dict:
     return {"seconds": round(t3 - t0, 2), "shingles_s": round(t1 - t0, 2), "minhash_s": round(t2 - t1, 2),
             "sql_s": round(t3 - t2, 2), "docs": len(texts), "verdicts": {k: int(v) for k, v in verdicts.items()},
             "bands": cfg.bands, "rows": cfg.rows, "threshold": cfg.threshold}
+
+
+def stage_near_dedup_datatrove(store, work: Path, args) -> dict:
+    """The same near-dedup with its signature step as datatrove tasks (LocalPipelineExecutor,
+    ``--dt-tasks`` tasks on ``--dt-workers`` processes), then sql/near_dedup.sql over their shards."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datatrove.executor import LocalPipelineExecutor
+
+    from alma_data import near_dedup as nd
+    from alma_data.near_dedup_datatrove import NearDedupSignatures, group_shards
+
+    base = work / "near_dedup_datatrove"
+    shutil.rmtree(base, ignore_errors=True)
+    con = duck(work, args.threads, args.memory_limit)
+    texts, is_used, _, _ = near_dedup_input(store, work, con)
+    # the input as the executor's tasks read it: Parquet files (text, used), 100k rows each
+    for i in range(0, len(texts), 100_000):
+        (base / "input").mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"text": texts[i:i + 100_000], "used": is_used[i:i + 100_000]}),
+                       base / "input" / f"part-{i // 100_000:05d}.parquet")
+    cfg = nd.MinHashConfig()
+    t0 = time.perf_counter()
+    LocalPipelineExecutor([NearDedupSignatures(str(base / "input"), str(base / "sigs"), config=cfg, threads=1)],
+                          tasks=args.dt_tasks, workers=args.dt_workers, logging_dir=str(base / "logs")).run()
+    t1 = time.perf_counter()
+    result = group_shards(con, str(base / "sigs"), cfg)
+    t2 = time.perf_counter()
+    in_process = work / "near_dedup_docs.parquet"
+    same = pq.read_table(in_process).equals(result) if in_process.is_file() else None
+    return {"seconds": round(t2 - t0, 2), "signatures_s": round(t1 - t0, 2), "sql_s": round(t2 - t1, 2),
+            "docs": len(texts), "tasks": args.dt_tasks, "workers": args.dt_workers,
+            "same_groups_as_in_process": same}
 
 
 def stage_kmeans(store, work: Path, args) -> dict:
@@ -206,7 +253,8 @@ def stage_datatrove(store, work: Path, args) -> dict:
 
 
 STAGES = {"select": stage_select, "select_reference": stage_select, "select_pandas": stage_select_pandas, "dedup": stage_dedup,
-          "near_dedup": stage_near_dedup, "kmeans": stage_kmeans, "rebalance": stage_rebalance,
+          "near_dedup": stage_near_dedup,
+          "near_dedup_datatrove": stage_near_dedup_datatrove, "kmeans": stage_kmeans, "rebalance": stage_rebalance,
           "datatrove": stage_datatrove}
 
 
@@ -229,10 +277,11 @@ sys.exit(os.waitstatus_to_exitcode(status))
 def run_stage(name: str, runs_dir: Path, run: str, work: Path, args, **extra) -> dict:
     """Run one stage in a subprocess; its figures plus its own peak RSS (children included)."""
     cmd = [sys.executable, __file__, "--stage", name, "--dir", str(runs_dir), "--run", run, "--work", str(work),
-           "--threads", str(args.threads), "--memory-limit", args.memory_limit, "--k", str(args.k),
+           "--threads", str(args.threads), "--memory-limit", extra.get("memory_limit") or args.memory_limit, "--k", str(args.k),
            "--clusters", str(args.clusters)]
     if args.datatrove_python:
         cmd += ["--datatrove-python", args.datatrove_python]
+    cmd += ["--dt-tasks", str(args.dt_tasks), "--dt-workers", str(args.dt_workers)]
     if extra.get("planted"):
         cmd += ["--planted-clusters"]
     work.mkdir(parents=True, exist_ok=True)
@@ -291,12 +340,17 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory-limit", default="3GB", help="DuckDB's memory_limit for the SQL steps")
+    ap.add_argument("--memory-bound", default="1GB",
+                    help="memory section: also run the selection at 1x and 2x under these memory_limits (comma-separated)")
     ap.add_argument("--k", type=int, default=0, help="clusters to pick in rebalancing (default: the scale's prompts)")
     ap.add_argument("--clusters", type=int, default=0, help="k-means clusters (default 2 x k)")
     ap.add_argument("--no-pandas", action="store_true", help="skip the pandas comparison")
     ap.add_argument("--reference-sql", action="store_true",
                     help="also time the first, straightforward form of the three selection files")
     ap.add_argument("--datatrove-python", default=None, help="a Python with datatrove installed: time its MinHash too")
+    ap.add_argument("--dt-tasks", type=int, default=4,
+                    help="near-dedup on datatrove's LocalPipelineExecutor: tasks of the signature step")
+    ap.add_argument("--dt-workers", type=int, default=0, help="... and worker processes (default: --threads)")
     ap.add_argument("--json", default=None, help="also write every figure to this file")
     # internal: one stage in this process
     ap.add_argument("--stage", choices=sorted(STAGES))
@@ -304,6 +358,7 @@ def main() -> None:
     ap.add_argument("--work", default=None)
     ap.add_argument("--planted-clusters", action="store_true")
     args = ap.parse_args()
+    args.dt_workers = args.dt_workers or args.threads
     if args.stage:
         from alma_data.store import Store
 
@@ -366,6 +421,16 @@ def main() -> None:
         print(f"  {'':<58} recall {quality['recall']:.4f}, precision {quality['precision']:.4f} "
               f"({quality['true_pairs']:,} planted pairs at J >= 0.8, {quality['predicted_pairs']:,} grouped pairs); "
               f"removal precision {quality['removal_precision']:.4f} (removed prompts at J >= 0.8 to the kept one)", flush=True)
+        try:
+            import datatrove  # noqa: F401
+        except ImportError:
+            print("  near-dedup on datatrove's executors: skipped (pip install 'alma-data[datatrove]')", flush=True)
+        else:
+            d = run_stage("near_dedup_datatrove", runs_dir, "bench", work, args)
+            figures["near_dedup_datatrove"] = d
+            line(f"the same, signatures as {d['tasks']} datatrove tasks on {d['workers']} processes", d,
+                 f"signatures {d['signatures_s']}s (LocalPipelineExecutor), SQL {d['sql_s']}s over the shards; "
+                 f"same groups as in-process: {d['same_groups_as_in_process']}")
         if args.datatrove_python:
             d = run_stage("datatrove", runs_dir, "bench", work, args)
             figures["datatrove"] = d
@@ -392,9 +457,21 @@ def main() -> None:
             ded = run_stage("dedup", runs_dir, run, w, args)
             reb = run_stage("rebalance", runs_dir, run, w, args, planted=True)
             figures["memory"][label] = {"select": sel, "dedup": ded, "rebalance": reb}
-            line(f"{label}: select over {sel['judgments']:,} judgments", sel)
+            line(f"{label}: select over {sel['judgments']:,} judgments", sel,
+                 f"best_of_n {sel['best_of_n']['seconds']}s, pairs {sel['pairs']['seconds']}s, "
+                 f"distill {sel['judge_distill']['seconds']}s")
             line(f"{label}: exact dedup of {ded['rows']:,} candidates", ded)
             line(f"{label}: rebalance over {reb['clustered']:,} clustered (planted clusters)", reb)
+        # The same selection under a tighter memory_limit: DuckDB partitions the
+        # responses x judgments join to disk past it, so the peak stays at the limit.
+        for limit in [x for x in args.memory_bound.split(",") if x.strip()]:
+            figures["memory"][f"select_{limit}"] = {}
+            for label, run in (("1x", "bench"), ("2x", "bench2x")):
+                sel = run_stage("select", runs_dir, run, runs_dir / f"work_{label}", args, memory_limit=limit)
+                figures["memory"][f"select_{limit}"][label] = sel
+                line(f"{label}: select, memory_limit={limit}", sel,
+                     f"best_of_n {sel['best_of_n']['seconds']}s, pairs {sel['pairs']['seconds']}s, "
+                     f"distill {sel['judge_distill']['seconds']}s")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
 

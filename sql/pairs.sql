@@ -4,43 +4,55 @@
 --   random_pair: two random responses, the higher-scored one chosen.
 -- "Random" is a seeded hash order. A pair whose scores are equal is skipped: it
 -- teaches nothing. Views: responses, judgments, prompts. Parameters: $strategy, $seed.
--- Pairs are chosen over ids and scores only, by aggregates (one row a prompt, no sort
--- and no window over the responses), and nothing of the responses x judgments join is
--- kept: each pass joins them again, which costs less than holding 10M rows. The two
--- texts of each pair are fetched after, in one scan.
+-- Pairs are chosen over ids and scores only, by aggregates in one pass over
+-- responses x judgments (one row a prompt: no sort, no window, nothing of the 10M rows
+-- kept); the two texts of each pair are fetched after, in one scan.
 WITH per_prompt AS MATERIALIZED (
     -- the top response is the least (-score, response_id); the bottom, the greatest
-    -- (-score, response_id): the lowest score, ties to the highest response_id; the
-    -- random pair, the first two in the seeded hash order (then response_id)
+    -- (-score, response_id): the lowest score, ties to the highest response_id;
+    -- first_four: the first four in the seeded hash order (then response_id)
     SELECT r.prompt_id,
            arg_min({'id': r.response_id, 'score': j.score}, (-j.score, r.response_id)) AS best,
            arg_max({'id': r.response_id, 'score': j.score}, (-j.score, r.response_id))
                FILTER (WHERE $strategy = 'best_vs_worst') AS worst,
-           arg_min({'id': r.response_id, 'score': j.score}, (hash(r.response_id, $seed), r.response_id), 2)
-               FILTER (WHERE $strategy = 'random_pair') AS first_two
+           arg_min({'id': r.response_id, 'score': j.score}, (hash(r.response_id, $seed), r.response_id), 4)
+               FILTER (WHERE $strategy IN ('best_vs_random', 'random_pair')) AS first_four,
+           count(*) AS n
     FROM responses r JOIN judgments j USING (response_id) JOIN prompts p USING (prompt_id)
     GROUP BY r.prompt_id
 ),
 other AS (
-    -- best_vs_random: the random response compared with the best is drawn among those
-    -- scored below it, the first of them in the seeded hash order (a second pass)
+    -- best_vs_random: the random response compared with the best is the first in hash
+    -- order among those scored below it. Unless four or more tie at the top, it is among
+    -- the first four; for a prompt whose first four all tie at the top (and that has more),
+    -- a second pass over that prompt's responses finds it.
+    SELECT prompt_id, list_filter(first_four, lambda x: x.score < best.score)[1] AS o
+    FROM per_prompt
+    WHERE $strategy = 'best_vs_random'
+),
+rare AS MATERIALIZED (
+    SELECT prompt_id, best.score AS top FROM per_prompt b JOIN other o USING (prompt_id)
+    WHERE o.o IS NULL AND b.n > 4
+),
+other_rare AS (
     SELECT r.prompt_id,
            arg_min({'id': r.response_id, 'score': j.score}, (hash(r.response_id, $seed), r.response_id)) AS o
-    FROM responses r JOIN judgments j USING (response_id) JOIN per_prompt b ON b.prompt_id = r.prompt_id
-    WHERE j.score < b.best.score AND $strategy = 'best_vs_random'
+    FROM rare t JOIN responses r USING (prompt_id) JOIN judgments j USING (response_id)
+    WHERE j.score < t.top
     GROUP BY r.prompt_id
 ),
 candidates AS MATERIALIZED (
     SELECT prompt_id, a.id AS a_id, a.score AS a_score, b.id AS b_id, b.score AS b_score
     FROM (
-        SELECT b.prompt_id, b.best AS a, o.o AS b FROM per_prompt b JOIN other o USING (prompt_id)
+        SELECT b.prompt_id, b.best AS a, coalesce(o.o, x.o) AS b
+        FROM per_prompt b JOIN other o USING (prompt_id) LEFT JOIN other_rare x USING (prompt_id)
         UNION ALL
         SELECT prompt_id, best, worst FROM per_prompt WHERE $strategy = 'best_vs_worst'
         UNION ALL
-        SELECT prompt_id, first_two[1], first_two[2] FROM per_prompt
-        WHERE $strategy = 'random_pair' AND len(first_two) = 2
+        SELECT prompt_id, first_four[1], first_four[2] FROM per_prompt
+        WHERE $strategy = 'random_pair' AND len(first_four) >= 2
     )
-    WHERE a.score <> b.score
+    WHERE b IS NOT NULL AND a.score <> b.score
 ),
 texts AS MATERIALIZED (
     SELECT response_id, response FROM responses
