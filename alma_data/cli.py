@@ -284,11 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:
         from alma_data.engines import EngineError
+        from alma_data.executors import ExecutorError
         from alma_data.models import ModelError
         from alma_data.round import BuildError
         from alma_data.seeds import SeedError
 
-        if isinstance(exc, (SeedError, ModelError, BuildError, EngineError)):
+        if isinstance(exc, (SeedError, ModelError, BuildError, EngineError, ExecutorError)):
             print(f"alma-data: error: {exc}", file=sys.stderr)
             return 2
         import duckdb

@@ -9,13 +9,14 @@ which shards are done, the manifest, the progress bar and the summary line.
 - ``local``: this process opens each job's engine in turn and runs its shards in order.
 - ``ray``: actors on a Ray cluster, each holding one engine (one vLLM instance per GPU,
   say), run shards and write them into the runs folder themselves. An actor whose
-  checkpoint has no shards left is ended and one for a checkpoint with shards left
-  takes its place, so every engine lives in a process of its own and frees its memory
-  with it.
+  checkpoint has no shards left is ended, and one for a checkpoint with shards left
+  takes its place where that pays (:class:`WorkerPlan`), so every engine lives in a
+  process of its own and frees its memory with it.
 
 The per-shard seeds come from (seed, round, checkpoint, shard), never from the worker or
-the order shards run in, so both executors write the same rows and either may resume
-what the other started.
+the order shards run in, so either executor may resume what the other started, and the
+rows are byte-identical where the engines compute alike (on CPUs: the same number of
+torch threads; float32 sums rounded another way can flip a sampled token now and then).
 """
 
 from __future__ import annotations
@@ -239,6 +240,8 @@ class RayExecutor:
             raise ExecutorError("ray.num_cpus_per_worker and ray.num_gpus_per_worker are both 0: "
                                 "give each worker at least one CPU or GPU")
         connect(self.ray, self.cfg, log)
+        # a Ray instance of this machine alone, which no autoscaler grows
+        self.local = not (self.cfg.address or os.environ.get("RAY_ADDRESS"))
         self.actor_class = self.ray.remote(EngineWorker)
 
     def workers_for(self, shards: int) -> int:
@@ -259,7 +262,7 @@ class RayExecutor:
         res = self.ray.cluster_resources()
         fit = min(res.get("CPU", 0) // cfg.num_cpus_per_worker if cfg.num_cpus_per_worker else n,
                   res.get("GPU", 0) // cfg.num_gpus_per_worker if cfg.num_gpus_per_worker else n)
-        if fit < 1 and not cfg.address:
+        if fit < 1 and self.local:
             raise ExecutorError(f"a worker needs {cfg.num_cpus_per_worker:g} CPUs and {cfg.num_gpus_per_worker:g} GPUs; "
                                 f"this machine's Ray has {res.get('CPU', 0):g} CPUs and {res.get('GPU', 0):g} GPUs: "
                                 "lower ray.num_cpus_per_worker / ray.num_gpus_per_worker, or join a cluster with ray.address")
@@ -325,8 +328,10 @@ class RayExecutor:
                 try:
                     result = ray.get(ready[0])
                 except Exception as exc:
+                    cause = getattr(exc, "cause", None)  # the worker's own exception, without Ray's wrapping
                     raise ExecutorError(
-                        f"{writer.dir}: shard {index} (engine {spec.label()}) failed on a Ray worker: {exc}\n"
+                        f"{writer.dir}: shard {index} (engine {spec.label()}) failed on a Ray worker: "
+                        f"{f'{type(cause).__name__}: {cause}' if cause is not None else exc}\n"
                         "The shards written so far are kept: fix the cause and rerun the build to resume "
                         "(with executor=ray or executor=local)") from exc
                 run.results.append(result)
@@ -391,9 +396,10 @@ def connect(ray, cfg, log: Callable[[str], None]) -> None:
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning", "log_to_driver": True}
-    if cfg.address:
-        ray.init(address=cfg.address, **kwargs)
-        where = f"joined the Ray cluster at {cfg.address}"
+    address = cfg.address or os.environ.get("RAY_ADDRESS", "")  # Ray's own variable, as `ray job submit` sets it
+    if address:
+        ray.init(address=address, **kwargs)
+        where = f"joined the Ray cluster at {address}"
     else:
         cpus = (cfg.num_workers * cfg.num_cpus_per_worker if cfg.num_workers and cfg.num_cpus_per_worker
                 else os.cpu_count() or 1)

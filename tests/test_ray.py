@@ -144,3 +144,13 @@ def test_a_free_worker_takes_another_engine_only_where_that_pays():
     assert plan_with(b_shards=3).next_engine(m1a) is None
     # 30 waiting shards take its worker 30 s: a second worker for m1b pays
     assert plan_with(b_shards=31).next_engine(m1a) == m1b
+
+
+def test_without_ray_the_executor_says_what_to_install(monkeypatch, tmp_path):
+    from alma_data.config import load_recipe
+    from alma_data.executors import make_executor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the ray extra were not installed
+    with pytest.raises(ImportError, match=r"pip install 'alma-data\[ray\]'"):
+        make_executor(load_recipe("tiny", {"executor": "ray"}), tmp_path)
+    assert type(make_executor(load_recipe("tiny", {"executor": "local"}), tmp_path)).__name__ == "LocalExecutor"
