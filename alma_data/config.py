@@ -83,6 +83,10 @@ class JudgeConfig:
     """Judged pairs sampled for self-distillation (paper: ~20k)."""
     batch_size_score: int = 8
     """Pairs scored per forward pass."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
+    """Dtype the judge scores in (``auto``: the recipe's ``dtype``). float32 by default: on
+    SmolLM2 bf16 moved real-valued scores by up to 0.19 (their spread was 0.34) depending on
+    what shared a batch, enough to reorder best-of-n; bf16 scores about 4x faster on a CPU."""
 
 
 @dataclass

@@ -49,7 +49,8 @@ def open_engine(recipe: "Recipe", model_path: str, *, name: str = "base", round:
                 cache_dir: str | Path | None = None, role: str = "sample") -> Engine:
     """The engine a recipe names, for one checkpoint; ``role`` is ``sample`` or ``score``."""
     options = {"vllm": recipe.vllm, "openai": recipe.openai}.get(recipe.engine)
-    return load_engine(recipe.engine, model_path, dtype=recipe.dtype, batch_rows=recipe.responses.batch_size,
+    dtype = recipe.judge.dtype if role == "score" and recipe.judge.dtype != "auto" else recipe.dtype
+    return load_engine(recipe.engine, model_path, dtype=dtype, batch_rows=recipe.responses.batch_size,
                        score_batch=recipe.judge.batch_size_score, memory_budget_gb=recipe.responses.kv_cache_gb,
                        name=name, round=round, options=options,
                        cache_dir=cache_dir)

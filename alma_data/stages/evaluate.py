@@ -32,7 +32,7 @@ def evaluate_round(ctx: Context, round: int) -> None:
     recipe, store = ctx.recipe, ctx.store
     mr, mname = round_model(round)
     inputs = [TableRef(1, "prompts")]
-    h = config_hash(recipe, "eval", "judge.scale", "dtype", "engine",
+    h = config_hash(recipe, "eval", "judge.scale", "judge.dtype", "dtype", "engine",
                     model=store.checkpoint_manifest_hash(mr, mname), judge=store.checkpoint_manifest_hash(1, "judge"))
     with ctx.stage(round, "held-out eval") as info:
         if ctx.skip_if_current(info, round, "eval", h, inputs):

@@ -37,7 +37,7 @@ def judge_eval(ctx: Context, round: int, judge: str) -> None:
     store, recipe = ctx.store, ctx.recipe
     table = "judge_eval"
     inputs = [TableRef(1, "judge_seed")]
-    h = config_hash(recipe, "judge.scale", "dtype", "engine", checkpoint=store.checkpoint_manifest_hash(round, judge))
+    h = config_hash(recipe, "judge.scale", "judge.dtype", "dtype", "engine", checkpoint=store.checkpoint_manifest_hash(round, judge))
     with ctx.stage(round, f"judge eval {judge}") as info:
         if ctx.table_current(round, table, h, inputs) and ctx.table_current(round, "judge_quality", h, [TableRef(round, table)]):
             info.update(skipped=True, rows=store.manifest(round, table)["rows"])

@@ -81,7 +81,7 @@ def synthesize_candidates(ctx: Context, round: int) -> None:
     cfg = recipe.prompts
     n_candidates = cfg.candidates or 4 * cfg.k
     inputs = [TableRef(1, "prompts")]
-    h = config_hash(recipe, "model", "prompts", "seed", "dtype", round=round)
+    h = config_hash(recipe, "model", "prompts", "seed", "dtype", "engine", "store.shard_rows", round=round)
     with ctx.stage(round, "prompt candidates") as info:
         if ctx.skip_if_current(info, round, "prompt_candidates", h, inputs):
             return

@@ -85,7 +85,7 @@ def sample_responses(ctx: Context, round: int) -> None:
     ckpt_hashes = {name: store.checkpoint_manifest_hash(ref.round, name) for name, ref, _ in mix}
     inputs = [TableRef(round, "prompts")]
     # Where shards run (executor, ray.*) is left out of the hash: either executor resumes the other's shards.
-    h = config_hash(recipe, "responses", "seed", "dtype", "engine", round=round, checkpoints=ckpt_hashes)
+    h = config_hash(recipe, "responses", "seed", "dtype", "engine", "store.shard_rows", round=round, checkpoints=ckpt_hashes)
     with ctx.stage(round, "responses") as info:
         if ctx.skip_if_current(info, round, "responses", h, inputs):
             return
@@ -153,7 +153,7 @@ def judge_responses(ctx: Context, round: int) -> None:
     recipe, store = ctx.recipe, ctx.store
     jr, jname = current_judge(ctx, round)
     inputs = [TableRef(round, "responses"), TableRef(round, "prompts")]
-    h = config_hash(recipe, "judge.scale", "dtype", "engine", judge=store.checkpoint_manifest_hash(jr, jname))
+    h = config_hash(recipe, "judge.scale", "judge.dtype", "dtype", "engine", "store.shard_rows", judge=store.checkpoint_manifest_hash(jr, jname))
     with ctx.stage(round, "judgments") as info:
         if ctx.skip_if_current(info, round, "judgments", h, inputs):
             return
