@@ -64,19 +64,28 @@ def copy_sql(con, name: str, out: Path, reference: bool = False, **params) -> di
 
 
 def stage_select(store, work: Path, args) -> dict:
+    """The round's selection as its stage runs it: sql/select_picks.sql into a temp table
+    (one pass over responses x judgments, one scan of the texts), then best_of_n.sql,
+    pairs.sql and judge_distill.sql, each COPY'd to Parquet. ``select_reference``: the three
+    files of benchmarks/reference_sql/ straight from the views."""
     from alma_data.sql import register_parquet
+    from alma_data.stages.select import make_picks
 
     con = duck(work, args.threads, args.memory_limit)
     for table in ("prompts", "responses", "judgments"):
         register_parquet(con, table, store.files(2, table))
     ref = args.stage == "select_reference"
     tag = "ref" if ref else "sql"
+    params = {"strategy": "best_vs_random", "seed": 7, "n": 20000}
     t0 = time.perf_counter()
-    out = {
-        "best_of_n": copy_sql(con, "best_of_n", work / f"{tag}_best_of_n.parquet", ref),
-        "pairs": copy_sql(con, "pairs", work / f"{tag}_pairs.parquet", ref, strategy="best_vs_random", seed=7),
-        "judge_distill": copy_sql(con, "judge_distill", work / f"{tag}_distill.parquet", ref, n=20000, seed=7),
-    }
+    out = {}
+    if not ref:
+        make_picks(con, **params)
+        out["picks"] = {"seconds": round(time.perf_counter() - t0, 2),
+                        "rows": con.execute("SELECT count(*) FROM picks").fetchone()[0]}
+    out["best_of_n"] = copy_sql(con, "best_of_n", work / f"{tag}_best_of_n.parquet", ref)
+    out["pairs"] = copy_sql(con, "pairs", work / f"{tag}_pairs.parquet", ref, **params)
+    out["judge_distill"] = copy_sql(con, "judge_distill", work / f"{tag}_distill.parquet", ref, **params)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     out["judgments"] = con.execute("SELECT count(*) FROM judgments").fetchone()[0]
     return out
@@ -302,6 +311,12 @@ def run_stage(name: str, runs_dir: Path, run: str, work: Path, args, **extra) ->
     return result
 
 
+def select_split(r: dict) -> str:
+    picks = f"picks {r['picks']['seconds']}s, then " if "picks" in r else ""
+    return (f"{picks}best_of_n {r['best_of_n']['seconds']}s, pairs {r['pairs']['seconds']}s, "
+            f"distill {r['judge_distill']['seconds']}s")
+
+
 def peak_mib() -> float:
     import resource
 
@@ -392,8 +407,7 @@ def main() -> None:
         print("best-of-n + pairs + distillation sample (sql/best_of_n.sql, pairs.sql, judge_distill.sql)", flush=True)
         r = run_stage("select", runs_dir, "bench", work, args)
         figures["select"] = r
-        line(f"DuckDB, {r['judgments']:,} judgments, Parquet -> Parquet", r,
-             f"best_of_n {r['best_of_n']['seconds']}s, pairs {r['pairs']['seconds']}s, distill {r['judge_distill']['seconds']}s")
+        line(f"DuckDB, {r['judgments']:,} judgments, Parquet -> Parquet", r, select_split(r))
         if args.reference_sql:
             f = run_stage("select_reference", runs_dir, "bench", work, args)
             figures["select_reference"] = f
@@ -457,9 +471,7 @@ def main() -> None:
             ded = run_stage("dedup", runs_dir, run, w, args)
             reb = run_stage("rebalance", runs_dir, run, w, args, planted=True)
             figures["memory"][label] = {"select": sel, "dedup": ded, "rebalance": reb}
-            line(f"{label}: select over {sel['judgments']:,} judgments", sel,
-                 f"best_of_n {sel['best_of_n']['seconds']}s, pairs {sel['pairs']['seconds']}s, "
-                 f"distill {sel['judge_distill']['seconds']}s")
+            line(f"{label}: select over {sel['judgments']:,} judgments", sel, select_split(sel))
             line(f"{label}: exact dedup of {ded['rows']:,} candidates", ded)
             line(f"{label}: rebalance over {reb['clustered']:,} clustered (planted clusters)", reb)
         # The same selection under a tighter memory_limit: DuckDB partitions the
@@ -469,9 +481,7 @@ def main() -> None:
             for label, run in (("1x", "bench"), ("2x", "bench2x")):
                 sel = run_stage("select", runs_dir, run, runs_dir / f"work_{label}", args, memory_limit=limit)
                 figures["memory"][f"select_{limit}"][label] = sel
-                line(f"{label}: select, memory_limit={limit}", sel,
-                     f"best_of_n {sel['best_of_n']['seconds']}s, pairs {sel['pairs']['seconds']}s, "
-                     f"distill {sel['judge_distill']['seconds']}s")
+                line(f"{label}: select, memory_limit={limit}", sel, select_split(sel))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
 
