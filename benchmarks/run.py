@@ -11,10 +11,13 @@ DuckDB as ``COPY (<file>) TO '<out>.parquet'`` (Parquet in, Parquet out) with
 ``threads`` and ``memory_limit`` set. Data: ``benchmarks/make_data.py`` (made on first
 use under ``--dir``, reused after).
 
-Sections: select (best-of-n + pairs + distillation sample, beside pandas), dedup (exact),
-near_dedup (MinHash LSH, with recall and precision of the planted near-copies, and
-datatrove's pipeline where ``--datatrove-python`` names a Python that has it), rebalance
-(k-means, then the SQL pick of K clusters), memory (the SQL steps at 1x and 2x input).
+Sections: select (sql/select_picks.sql then best-of-n, pairs and distillation sample, as
+the round's stage runs them, beside pandas), dedup (exact), near_dedup (MinHash LSH, with
+recall and precision of the planted near-copies; the same with its signature step as
+tasks on datatrove's LocalPipelineExecutor, checked to give the same groups; datatrove's
+own MinHash where ``--datatrove-python`` names a Python that has it), rebalance (k-means,
+then the SQL pick of K clusters), memory (the SQL steps at 1x and 2x input, and the
+selection again under each ``--memory-bound`` limit).
 """
 
 from __future__ import annotations
@@ -404,7 +407,7 @@ def main() -> None:
         print(f"  {label:<58} {r['seconds']:>8.2f} s   peak {gib(r['peak_mib']):>9}   {extra}", flush=True)
 
     if "select" in sections:
-        print("best-of-n + pairs + distillation sample (sql/best_of_n.sql, pairs.sql, judge_distill.sql)", flush=True)
+        print("best-of-n + pairs + distillation sample (sql/select_picks.sql, then best_of_n.sql, pairs.sql, judge_distill.sql)", flush=True)
         r = run_stage("select", runs_dir, "bench", work, args)
         figures["select"] = r
         line(f"DuckDB, {r['judgments']:,} judgments, Parquet -> Parquet", r, select_split(r))
