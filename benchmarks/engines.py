@@ -108,7 +108,7 @@ def step_judge(args, plain: bool) -> dict:
     from alma_data.engines.transformers_engine import TransformersEngine
     from alma_data.prompting import RATING_PREFIX, RATING_SUFFIX, judge_question, render_chat
 
-    engine = TransformersEngine(args.model, dtype=args.dtype, score_batch=1 if plain else args.score_batch)
+    engine = TransformersEngine(args.model, dtype=args.judge_dtype, score_batch=1 if plain else args.score_batch)
     prompts, responses = judge_pairs(args)
     questions = [render_chat(engine.tokenizer, judge_question(p, r)) + RATING_PREFIX for p, r in zip(prompts, responses)]
     candidates = [str(s) for s in range(11)]
@@ -123,7 +123,7 @@ def step_judge(args, plain: bool) -> dict:
     score = (probs * np.arange(11)).sum(-1)
     tokens = sum(len(engine.tokenizer(q).input_ids) for q in questions)
     del torch
-    return {"pairs": len(questions), "seconds": seconds, "prompt_tokens": tokens,
+    return {"pairs": len(questions), "seconds": seconds, "prompt_tokens": tokens, "dtype": str(engine.dtype)[6:],
             "scores": [round(float(s), 4) for s in score]}
 
 
@@ -192,6 +192,7 @@ def main() -> None:
     p.add_argument("--vllm-n", type=int, default=200, help="samples per prompt in the vllm section")
     p.add_argument("--pairs", type=int, default=32)
     p.add_argument("--score-batch", type=int, default=8)
+    p.add_argument("--judge-dtype", default="float32", help="the recipe's judge.dtype default")
     p.add_argument("--only", default="sample,judge")
     p.add_argument("--work", default="/tmp/alma-bench-engines")
     p.add_argument("--step", help=argparse.SUPPRESS)
@@ -225,7 +226,7 @@ def main() -> None:
         for name in ("judge_plain", "judge"):
             r = results[name]
             rate = r["pairs"] / r["seconds"]
-            print(f"judging  {name:<11} {r['pairs']:>4} pairs ({r['prompt_tokens']} prompt tokens) in {r['seconds']:6.1f}s: "
+            print(f"judging  {name:<11} {r['dtype']:<8} {r['pairs']:>4} pairs ({r['prompt_tokens']} prompt tokens) in {r['seconds']:6.1f}s: "
                   f"{rate:6.2f} pairs/s ({rate / (base['pairs'] / base['seconds']):4.1f}x plain), peak {r['peak_gib']:.2f} GiB")
         diff = max(abs(a - b) for a, b in zip(results["judge"]["scores"], base["scores"]))
         print(f"judging  largest score difference batched vs one at a time: {diff:.4f}")
