@@ -86,7 +86,8 @@ class JudgeConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     """Dtype the judge scores in (``auto``: the recipe's ``dtype``). float32 by default: on
     SmolLM2 bf16 moved real-valued scores by up to 0.19 (their spread was 0.34) depending on
-    what shared a batch, enough to reorder best-of-n; bf16 scores about 4x faster on a CPU."""
+    what shared a batch, enough to reorder best-of-n; float32 agrees to 1e-4 and on the
+    2-core CPU was not slower (benchmarks/engines.py)."""
 
 
 @dataclass
