@@ -103,7 +103,6 @@ def judge_pairs(args) -> tuple[list[str], list[str]]:
 
 def step_judge(args, plain: bool) -> dict:
     import numpy as np
-    import torch
 
     from alma_data.engines.transformers_engine import TransformersEngine
     from alma_data.prompting import RATING_PREFIX, RATING_SUFFIX, judge_question, render_chat
@@ -122,7 +121,6 @@ def step_judge(args, plain: bool) -> dict:
     seconds = time.perf_counter() - t0
     score = (probs * np.arange(11)).sum(-1)
     tokens = sum(len(engine.tokenizer(q).input_ids) for q in questions)
-    del torch
     return {"pairs": len(questions), "seconds": seconds, "prompt_tokens": tokens, "dtype": str(engine.dtype)[6:],
             "scores": [round(float(s), 4) for s in score]}
 

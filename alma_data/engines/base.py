@@ -69,8 +69,28 @@ class Engine(abc.ABC):
         Returns an array of shape (len(prompts), len(candidates)).
         """
 
+    def candidate_ids(self, prompt: str, candidate: str, head: list[int] | None = None) -> list[int]:
+        """Tokens of ``candidate`` as they follow ``prompt`` (tokenised in context);
+        ``head`` is the prompt's own tokens where the caller has them already."""
+        tok = self.tokenizer
+        if head is None:
+            head = tok(prompt, add_special_tokens=False).input_ids
+        full = tok(prompt + candidate, add_special_tokens=False).input_ids
+        if full[: len(head)] == head and len(full) > len(head):
+            return full[len(head):]
+        return tok(candidate, add_special_tokens=False).input_ids
+
     def close(self) -> None:
         """Free the model's memory."""
+
+
+def cut_at_stop(text: str, stops: list[str], reason: str) -> tuple[str, str]:
+    """``text`` up to its first stop string (the reason then ``stop``), else as it was."""
+    for s in stops:
+        cut = text.find(s)
+        if cut >= 0:
+            text, reason = text[:cut], "stop"
+    return text, reason
 
 
 def expected_score(probs: np.ndarray) -> np.ndarray:

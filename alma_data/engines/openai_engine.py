@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from alma_data.engines.base import Engine, EngineError, EngineStats, Sample, SamplingParams
+from alma_data.engines.base import Engine, EngineError, EngineStats, Sample, SamplingParams, cut_at_stop
 from alma_data.ids import seed_int
 
 CACHE_VERSION = 1
@@ -337,10 +337,8 @@ class OpenAIEngine(Engine):
     def _sample(self, answer: dict[str, Any], params: SamplingParams) -> Sample:
         text = answer.get("text") or ""
         reason = "length" if answer.get("finish_reason") == "length" else "stop"
-        for s in params.stop:  # servers cut at stop strings already; some leave the string in
-            cut = text.find(s)
-            if cut >= 0:
-                text, reason = text[:cut], "stop"
+        # Servers cut at stop strings already; some leave the string in.
+        text, reason = cut_at_stop(text, params.stop, reason)
         usage = answer.get("usage") or {}
         n_tokens = usage.get("completion_tokens")
         if n_tokens is None:
@@ -350,15 +348,6 @@ class OpenAIEngine(Engine):
         return Sample(text=text.strip(), n_tokens=int(n_tokens), finish_reason=reason)
 
     # -- score reading --------------------------------------------------------------------
-    def candidate_ids(self, prompt: str, candidate: str) -> list[int]:
-        """Tokens of ``candidate`` as they follow ``prompt`` (tokenised in context)."""
-        tok = self.tokenizer
-        head = tok(prompt, add_special_tokens=False).input_ids
-        full = tok(prompt + candidate, add_special_tokens=False).input_ids
-        if full[: len(head)] == head and len(full) > len(head):
-            return full[len(head):]
-        return tok(candidate, add_special_tokens=False).input_ids
-
     def _token_text(self, context: list[int], token: int) -> str:
         """The text ``token`` adds after ``context`` (how servers name tokens in top_logprobs)."""
         tok = self.tokenizer

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from alma_data.engines.base import Engine, Sample, SamplingParams
+from alma_data.engines.base import Engine, Sample, SamplingParams, cut_at_stop
 
 
 def pick_dtype(name: str) -> torch.dtype:
@@ -180,7 +180,8 @@ class TransformersEngine(Engine):
             if step == params.max_new_tokens - 1:
                 break
             if done:
-                keep = torch.tensor([k for k in range(len(active)) if k not in set(done)], device=dev, dtype=torch.long)
+                gone = set(done)
+                keep = torch.tensor([k for k in range(len(active)) if k not in gone], device=dev, dtype=torch.long)
                 if keep.numel() == 0:
                     break
                 active, nxt, mask, last_pos = active[keep], nxt[keep], mask[keep], last_pos[keep]
@@ -192,12 +193,7 @@ class TransformersEngine(Engine):
             cache, logits = step_out.past_key_values, step_out.logits[:, -1, :]
         samples = []
         for row in range(rows):
-            text = tok.decode(produced[row], skip_special_tokens=True)
-            reason = reasons[row]
-            for s in stops:
-                cut = text.find(s)
-                if cut >= 0:
-                    text, reason = text[:cut], "stop"
+            text, reason = cut_at_stop(tok.decode(produced[row], skip_special_tokens=True), stops, reasons[row])
             samples.append(Sample(text=text.strip(), n_tokens=len(produced[row]), finish_reason=reason))
         return samples
 
@@ -209,15 +205,6 @@ class TransformersEngine(Engine):
         return ids
 
     # -- score reading ------------------------------------------------------------------
-    def candidate_ids(self, prompt: str, candidate: str) -> list[int]:
-        """Tokens of ``candidate`` as they follow ``prompt`` (tokenised in context)."""
-        tok = self.tokenizer
-        head = tok(prompt, add_special_tokens=False).input_ids
-        full = tok(prompt + candidate, add_special_tokens=False).input_ids
-        if full[: len(head)] == head and len(full) > len(head):
-            return full[len(head):]
-        return tok(candidate, add_special_tokens=False).input_ids
-
     @torch.inference_mode()
     def score_candidates(self, prompts: list[str], candidates: list[str], suffix: str = "",
                          progress=None) -> np.ndarray:
@@ -257,7 +244,7 @@ class TransformersEngine(Engine):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                              use_cache=True, logits_to_keep=1)
             first_logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
-            cand = [[self.candidate_ids(p, c + suffix) for c in candidates] for p in batch]
+            cand = [[self.candidate_ids(prompts[i], c + suffix, head=encoded[i]) for c in candidates] for i in idx]
             L = max(len(ids) for row in cand for ids in row)
             logp = torch.zeros(B, C, dtype=torch.float64)
             for b in range(B):

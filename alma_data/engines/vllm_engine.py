@@ -117,12 +117,6 @@ class VLLMEngine(Engine):
         return out
 
     # -- score reading ------------------------------------------------------------------
-    def candidate_ids(self, head: list[int], prompt: str, candidate: str) -> list[int]:
-        full = self.tokenizer(prompt + candidate, add_special_tokens=False).input_ids
-        if full[: len(head)] == head and len(full) > len(head):
-            return full[len(head):]
-        return self.tokenizer(candidate, add_special_tokens=False).input_ids
-
     def score_candidates(self, prompts: list[str], candidates: list[str], suffix: str = "",
                          progress=None) -> np.ndarray:
         TokensPrompt = self._vllm.TokensPrompt
@@ -138,7 +132,7 @@ class VLLMEngine(Engine):
             for p in part:
                 head = self.tokenizer(p, add_special_tokens=False).input_ids
                 for c in candidates:
-                    ids = self.candidate_ids(head, p, c + suffix)
+                    ids = self.candidate_ids(p, c + suffix, head=head)
                     requests.append(TokensPrompt(prompt_token_ids=head + ids))
                     spans.append((len(head), ids))
             results = self.llm.generate(requests, sp, use_tqdm=False)
