@@ -155,10 +155,12 @@ class VLLMConfig:
     tensor_parallel_size: int = 1
     """GPUs one model is split over."""
     data_parallel_size: int = 1
-    """Copies of the model on one machine; with ``executor=ray`` use one worker per GPU instead."""
+    """Must stay 1: vLLM's offline ``LLM`` refuses data parallelism in one process. For one
+    copy of the model per GPU use ``executor=ray`` with ``ray.num_gpus_per_worker=1``."""
     gpu_memory_utilization: float = 0.85
     enable_prefix_caching: bool = True
-    """The N samples of a prompt (and the judge's questions) share the prefill of their prefix."""
+    """The N samples of a prompt (and prompts with a common head) share its prefill. The judge's
+    score reading asks for prompt logprobs, for which vLLM does not read the cache."""
     max_model_len: int = 0
     """Longest prompt + response in tokens (0: the model's own limit)."""
     max_num_seqs: int = 256

@@ -19,7 +19,8 @@ its own (``os.wait4``'s maximum resident set). Steps:
   pass on a copy of the cache).
 - ``judge``: the engine's ``score_candidates`` with its batch.
 - ``vllm_plain`` / ``vllm_engine`` (GPU): vLLM's own ``LLM.generate`` with ``n=--vllm-n`` on
-  the same prompts, against alma-data's VLLMEngine (per-request seeds, token-id prompts).
+  the same prompts (the same token ids, tokenised outside its timing), against alma-data's
+  VLLMEngine (per-request seeds, token-id prompts, tokenised inside its timing).
 
 Prompts are the bundled seed prompts; judged responses are the first samples of the
 ``engine`` step when it ran, else fixed seed answers.
@@ -136,6 +137,9 @@ def step_vllm(args, ours: bool) -> dict:
     params = SamplingParams(n=args.vllm_n, temperature=args.temperature, top_p=0.95,
                             max_new_tokens=args.max_new_tokens, seed=0)
     engine.generate(prompts[:2], SamplingParams(n=2, max_new_tokens=8))  # warm-up (graphs, kernels)
+    # The same token ids as our engine sends: a text prompt would be tokenised by vLLM
+    # with add_special_tokens=True (a second BOS on tokenizers that add one).
+    requests = [{"prompt_token_ids": engine.tokenizer(p, add_special_tokens=False).input_ids} for p in prompts]
     t0 = time.perf_counter()
     if ours:
         out = engine.generate(prompts, params)
@@ -143,8 +147,10 @@ def step_vllm(args, ours: bool) -> dict:
     else:
         sp = vllm.SamplingParams(n=args.vllm_n, temperature=args.temperature, top_p=0.95,
                                  max_tokens=args.max_new_tokens, seed=0)
-        res = engine.llm.generate(prompts, sp, use_tqdm=False)
-        tokens = sum(len(c.token_ids) for r in res for c in r.outputs)
+        res = engine.llm.generate(requests, sp, use_tqdm=False)
+        # Counted as our engine counts: without the EOS token that ends a sequence.
+        tokens = sum(len(c.token_ids) - (c.finish_reason == "stop" and not isinstance(c.stop_reason, str))
+                     for r in res for c in r.outputs)
     seconds = time.perf_counter() - t0
     return {"sequences": len(prompts) * args.vllm_n, "tokens": tokens, "seconds": seconds, "dtype": "bfloat16"}
 

@@ -1,16 +1,23 @@
 """engine=vllm: offline vLLM on local GPUs (the ``gpu`` extra).
 
-Sampling is one ``LLM.generate`` call per batch of prompts with ``SamplingParams(n=N)``:
-vLLM prefills each prompt once and forks its KV cache into the N samples, and with
-prefix caching (``vllm.enable_prefix_caching``) prompts that share a head (the judge's
-instructions, the few-shot prompts' preamble) share its prefill too. Every request gets
-its own seed, derived from the call's seed and the prompt's position, so a prompt's
-samples do not depend on what else is in the batch.
+Sampling is one ``LLM.generate`` call per batch of prompts with ``SamplingParams(n=N)``.
+vLLM (its V1 engine) runs the N samples of a prompt as N child requests; with prefix
+caching (``vllm.enable_prefix_caching``) they share the prompt's prefill, as do prompts
+that share a head (the few-shot prompts' preamble). Every request gets its own seed,
+derived from the call's seed and the prompt's position, so a prompt's samples do not
+depend on what else is in the batch; vLLM gives the k-th child ``seed + k``, so the N
+samples differ. Prompts are sent as token ids (``{"prompt_token_ids": ...}``), tokenised
+here without special tokens as the transformers engine does: a text prompt would be
+tokenised by vLLM with ``add_special_tokens=True``.
 
 Score reading: the judge's question followed by each candidate ("0".."10", then the
-suffix ``]]``) is sent as token ids with ``prompt_logprobs``; a candidate's log-probability
-is the sum over its own tokens, so multi-token candidates ("10" is "1","0" for some
-tokenizers) are read exactly, as the transformers engine does.
+suffix ``]]``) is sent as token ids with ``prompt_logprobs=0``, which returns, for every
+prompt position but the first, the log-probability of the prompt's own token there; a
+candidate's log-probability is the sum over its own tokens, so multi-token candidates
+("10" is "1","0" for some tokenizers) are read exactly, as the transformers engine does.
+``prompt_logprobs=0`` asks for no alternatives, so vLLM's ``max_logprobs`` cap (20) does
+not apply. vLLM skips prefix-cache reads for requests that ask for prompt logprobs, so
+each (question, candidate) pair is prefilled in full.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from __future__ import annotations
 import gc
 import hashlib
 import time
+from dataclasses import replace
 
 import numpy as np
 
-from alma_data.engines.base import Engine, Sample, SamplingParams
+from alma_data.engines.base import Engine, EngineError, Sample, SamplingParams, cut_at_stop
 
 
 def require_vllm():
@@ -46,6 +54,15 @@ class VLLMEngine(Engine):
 
     def __init__(self, model_path: str, dtype: str = "auto", options=None, chunk_prompts: int = 4096):
         super().__init__()
+        from alma_data.config import VLLMConfig
+
+        opts = options or VLLMConfig()
+        if opts.data_parallel_size > 1:
+            # vllm.LLM raises for data_parallel_size > 1 in one process (it may hang).
+            raise EngineError(
+                f"vllm.data_parallel_size={opts.data_parallel_size}: vLLM's offline LLM does not run data "
+                "parallelism in one process; run one engine per GPU with executor=ray "
+                "ray.num_gpus_per_worker=1 (and vllm.data_parallel_size=1)")
         vllm = require_vllm()
         import torch
         from transformers import AutoTokenizer
@@ -53,15 +70,13 @@ class VLLMEngine(Engine):
         if not torch.cuda.is_available():
             raise RuntimeError("engine=vllm needs a CUDA GPU and none is visible here; "
                                "use engine=transformers on a CPU machine")
-        from alma_data.config import VLLMConfig
-
-        opts = options or VLLMConfig()
         self.model_path = str(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         kwargs = dict(
             model=self.model_path,
             tokenizer=self.model_path,
-            # "auto" would keep a checkpoint saved in float32 in float32; GPUs want bf16.
+            # "auto" would run a checkpoint saved in float32 in float16 (vLLM's rule for
+            # float32 configs); GPUs want bf16.
             dtype="bfloat16" if dtype == "auto" else dtype,
             tensor_parallel_size=opts.tensor_parallel_size,
             gpu_memory_utilization=opts.gpu_memory_utilization,
@@ -72,8 +87,6 @@ class VLLMEngine(Engine):
         )
         if opts.max_model_len:
             kwargs["max_model_len"] = opts.max_model_len
-        if opts.data_parallel_size > 1:
-            kwargs["data_parallel_size"] = opts.data_parallel_size
         self.llm = vllm.LLM(**kwargs)
         self.chunk = chunk_prompts
         self._vllm = vllm
@@ -82,7 +95,8 @@ class VLLMEngine(Engine):
     def sampling_params(self, params: SamplingParams, index: int):
         greedy = params.temperature <= 0
         return self._vllm.SamplingParams(
-            n=params.n,
+            # vLLM refuses n > 1 with greedy sampling; generate() copies the one sample.
+            n=1 if greedy else params.n,
             temperature=0.0 if greedy else params.temperature,
             top_p=1.0 if greedy else params.top_p,
             max_tokens=params.max_new_tokens,
@@ -92,13 +106,11 @@ class VLLMEngine(Engine):
         )
 
     def generate(self, prompts: list[str], params: SamplingParams, progress=None) -> list[list[Sample]]:
-        TokensPrompt = self._vllm.TokensPrompt
         out: list[list[Sample]] = []
         for start in range(0, len(prompts), self.chunk):
             part = prompts[start:start + self.chunk]
             t0 = time.perf_counter()
-            requests = [TokensPrompt(prompt_token_ids=self.tokenizer(p, add_special_tokens=False).input_ids)
-                        for p in part]
+            requests = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False).input_ids} for p in part]
             sps = [self.sampling_params(params, start + i) for i in range(len(part))]
             results = self.llm.generate(requests, sps, use_tqdm=False)
             tokens = 0
@@ -106,8 +118,18 @@ class VLLMEngine(Engine):
                 row = []
                 for comp in res.outputs:
                     reason = "stop" if comp.finish_reason == "stop" else "length"
-                    row.append(Sample(text=comp.text.strip(), n_tokens=len(comp.token_ids), finish_reason=reason))
-                    tokens += len(comp.token_ids)
+                    n = len(comp.token_ids)
+                    # A sequence ended by EOS (stop_reason None) or by one of the generation
+                    # config's other EOS ids (stop_reason that id) holds that token last; the
+                    # transformers engine does not count it. A stop string's tokens are counted.
+                    if reason == "stop" and not isinstance(comp.stop_reason, str) and n:
+                        n -= 1
+                    text, reason = cut_at_stop(comp.text, params.stop, reason)
+                    row.append(Sample(text=text.strip(), n_tokens=n, finish_reason=reason))
+                    tokens += n
+                if len(row) < params.n:  # greedy: n copies of the one sample, as the transformers engine gives
+                    tokens += row[0].n_tokens * (params.n - len(row))
+                    row = [row[0]] + [replace(row[0]) for _ in range(params.n - 1)]
                 out.append(row)
             self.stats.generated_tokens += tokens
             self.stats.generated_sequences += len(part) * params.n
@@ -119,11 +141,11 @@ class VLLMEngine(Engine):
     # -- score reading ------------------------------------------------------------------
     def score_candidates(self, prompts: list[str], candidates: list[str], suffix: str = "",
                          progress=None) -> np.ndarray:
-        TokensPrompt = self._vllm.TokensPrompt
         C = len(candidates)
         result = np.zeros((len(prompts), C), dtype=np.float64)
-        # Only the prompt's own tokens are wanted: one generated token, its logprob unused.
-        sp = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        # Only the prompt's own tokens are wanted: one generated token, its logprob unused;
+        # no detokenisation of the logprobs' tokens (only their ids are read).
+        sp = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         step = max(1, self.chunk // C)
         for start in range(0, len(prompts), step):
             part = prompts[start:start + step]
@@ -133,7 +155,7 @@ class VLLMEngine(Engine):
                 head = self.tokenizer(p, add_special_tokens=False).input_ids
                 for c in candidates:
                     ids = self.candidate_ids(p, c + suffix, head=head)
-                    requests.append(TokensPrompt(prompt_token_ids=head + ids))
+                    requests.append({"prompt_token_ids": head + ids})
                     spans.append((len(head), ids))
             results = self.llm.generate(requests, sp, use_tqdm=False)
             logp = np.zeros((len(part), C), dtype=np.float64)
@@ -142,6 +164,7 @@ class VLLMEngine(Engine):
                 if plp is None:
                     raise RuntimeError("vLLM returned no prompt logprobs; this version of vLLM cannot read the "
                                        "judge's scores (it needs SamplingParams(prompt_logprobs=0) support)")
+                # plp[i] maps the prompt's token i (given the tokens before it) to its Logprob.
                 logp[k // C, k % C] = sum(plp[offset + j][t].logprob for j, t in enumerate(ids))
             probs = np.exp(logp - logp.max(axis=1, keepdims=True))
             result[start:start + len(part)] = probs / probs.sum(axis=1, keepdims=True)
@@ -157,6 +180,12 @@ class VLLMEngine(Engine):
             from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
         except ImportError:  # moved or renamed in another vLLM release
             cleanup_dist_env_and_memory = None
+        # The V1 engine core runs in its own process and holds the GPU memory: stop it
+        # now rather than whenever the LLM object is collected, so that the next LLM's
+        # start-up check finds the memory free.
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
         del self.llm
         gc.collect()
         if cleanup_dist_env_and_memory is not None:
