@@ -180,7 +180,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     store = _store_from(special)
     rounds = [int(r) for r in special["rounds"].split(",")] if "rounds" in special else None
     splits = special["splits"].split(",") if "splits" in special else None
-    folder = Path(special["to"]) if "to" in special else store.root / "export" / special["repo"].replace("/", "__")
+    folder = Path(special["to"]) if "to" in special else store.local_root / "export" / special["repo"].replace("/", "__")
     try:
         counts = export(store, folder, special["repo"], rounds=rounds, splits=splits,
                         raw=_bool(special.get("raw", "false"), "raw"), license=special.get("license", "apache-2.0"))

@@ -211,7 +211,8 @@ class EngineWorker:
             if os.path.isabs(spec.model_path) and not os.path.exists(spec.model_path):
                 raise FileNotFoundError(
                     f"{spec.model_path} does not exist on {self.where}: the checkpoints live in the runs folder, so "
-                    "runs_dir must be a filesystem every Ray node mounts at the same path (e.g. NFS)")
+                    "runs_dir must be a folder every Ray node mounts at the same path (e.g. NFS) or an object store URI "
+                    "(e.g. s3://bucket/runs)")
             self.engine = open_engine(self.recipe, spec.model_path, name=spec.name, round=spec.round,
                                       role=spec.role, cache_dir=self.cache_dir)
             opened = time.perf_counter() - t0

@@ -146,7 +146,7 @@ def resolve(ref: str, store=None) -> str:
         rnd, name = int(m.group("round")), m.group("name")
         if not st.checkpoint_done(rnd, name):
             raise ModelError(f"checkpoint {name!r} of round {rnd} in run {st.run!r} does not exist (yet); build that round first")
-        return str(st.checkpoint_dir(rnd, name))
+        return st.checkpoint_location(rnd, name)
     path = Path(ref).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

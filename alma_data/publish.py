@@ -8,7 +8,6 @@ and ``recipe.yaml`` travels beside the data. A publish is recorded in the run's
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Callable
 import yaml
 
 from alma_data import __version__
-from alma_data.store import Store, write_json_atomic
+from alma_data.store import Store
 
 SPLITS = ("sft", "dpo", "judge_distill")
 RAW = ("prompts", "responses", "judgments")
@@ -71,7 +70,7 @@ def export(store: Store, out: Path, repo: str, *, rounds: list[int] | None = Non
             con.execute(f"COPY (SELECT * FROM \"{split}\" WHERE round = {r}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
             counts.setdefault(split, {})[r] = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0]
     (out / "recipe.yaml").write_text(yaml.safe_dump(info["recipe"], sort_keys=False))
-    report_dir = store.root / "report"
+    report_dir = store.local_root / "report"
     images = sorted(report_dir.glob("*.png")) if report_dir.is_dir() else []
     if images:
         (out / "images").mkdir()
@@ -204,10 +203,9 @@ def push(store: Store, folder: Path, repo: str, *, private: bool = False, revisi
                     revision=revision, commit_message=f"alma-data run {store.run}, recipe {info['fingerprint']}",
                     commit_description=f"Recipe fingerprint {info['fingerprint']}; alma-data {__version__}.")
     url = getattr(commit, "commit_url", str(commit))
-    record = store.root / "publish.json"
-    history = json.loads(record.read_text()) if record.is_file() else []
+    history = store.read_json("publish.json") or []
     history.append({"repo": repo, "revision": revision or "main", "commit": url, "fingerprint": info["fingerprint"],
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    write_json_atomic(record, history)
+    store.write_json("publish.json", history)
     return url
 

@@ -54,7 +54,7 @@ def _by_round(rows: list[tuple]) -> dict:
 
 
 def build_report(store: Store) -> Path:
-    out = store.root / "report"
+    out = store.local_root / "report"  # a remote run's report is made here, then copied into the run
     out.mkdir(parents=True, exist_ok=True)
     con = store.connect()
     figures: list[Figure] = []
@@ -179,6 +179,7 @@ def build_report(store: Store) -> Path:
 
     _write_markdown(store, out, figures)
     _write_html(store, out, figures)
+    store.upload_dir(out, "report")
     return out
 
 

@@ -110,12 +110,9 @@ def build_feedback_round(ctx: Context, r: int) -> None:
 
 def _record_build(ctx: Context, target_round: int, t0: float, seconds: float, peak_mib: float) -> None:
     """Append this build's timings to ``<run>/builds.jsonl`` and print them per round."""
-    import json
-
     record = {"started": t0, "target_round": target_round, "seconds": round(seconds, 1),
               "peak_memory_mib": round(peak_mib), "stages": ctx.records}
-    with open(ctx.store.root / "builds.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    ctx.store.append_jsonl("builds.jsonl", record)
     per_round: dict[int, float] = {}
     for rec in ctx.records:
         per_round[rec["round"]] = per_round.get(rec["round"], 0.0) + rec["seconds"]
@@ -132,7 +129,7 @@ def build(recipe: Recipe, store: Store, target_round: int, *, force: bool = Fals
     check_run(store, recipe, force)
     ctx = Context(store, recipe, quiet=quiet)
     t0 = time.time()
-    ctx.log(f"building run {store.run!r} ({store.root}) to round {target_round}, recipe {recipe.name} "
+    ctx.log(f"building run {store.run!r} ({store.where()}) to round {target_round}, recipe {recipe.name} "
             f"[{recipe.fingerprint()}], model {recipe.model}")
     build_round1(ctx)
     for r in range(2, target_round + 1):

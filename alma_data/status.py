@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 
 from alma_data.config import recipe_from_dict
 from alma_data.round import round_plan
-from alma_data.store import MANIFEST, PROGRESS, SHARD_RE, Store
+from alma_data.store import Store
 
 
 @dataclass
@@ -23,7 +21,7 @@ class Item:
 def run_status(store: Store) -> tuple[dict, list[Item]]:
     info = store.read_run()
     recipe = recipe_from_dict(info["recipe"])
-    built = [int(m.group(1)) for p in store.root.glob("round=*") if (m := re.fullmatch(r"round=(\d+)", p.name))]
+    built = store.rounds_present()
     last = max([recipe.rounds + 1] + built)
     items = []
     for r in range(1, last + 1):
@@ -34,29 +32,27 @@ def run_status(store: Store) -> tuple[dict, list[Item]]:
 
 def _item(store: Store, r: int, kind: str, name: str) -> Item:
     if kind == "checkpoint":
-        path = store.checkpoint_dir(r, name)
-        if (path / MANIFEST).is_file():
-            m = json.loads((path / MANIFEST).read_text())
+        m = store.checkpoint_manifest(r, name)
+        if m is not None:
             t = m.get("training", {})
             return Item(r, kind, name, "done", f"{t.get('examples', '?')} examples, {t.get('steps', '?')} steps")
-        tmp = store.checkpoint_dir(r, f".{name}.tmp")
+        tmp = store.checkpoint_staging(r, name)
         return Item(r, kind, name, "partial" if tmp.exists() else "missing",
                     "training was interrupted; it restarts" if tmp.exists() else "")
-    d = store.table_dir(r, name)
-    if (d / MANIFEST).is_file():
-        m = json.loads((d / MANIFEST).read_text())
+    m = store.manifest(r, name)
+    if m is not None:
         return Item(r, kind, name, "done", f"{m['rows']:,} rows in {len(m['shards'])} shards")
-    shards = [p for p in d.glob("part-*.parquet") if SHARD_RE.match(p.name)] if d.is_dir() else []
+    shards = store.shard_names(r, name)
     if not shards:
         return Item(r, kind, name, "missing", "")
-    expected = json.loads((d / PROGRESS).read_text())["expected_shards"] if (d / PROGRESS).is_file() else None
+    expected = (store.progress(r, name) or {}).get("expected_shards")
     return Item(r, kind, name, "partial", f"{len(shards)} of {expected if expected else '?'} shards written")
 
 
 def format_status(store: Store) -> str:
     info, items = run_status(store)
     recipe = info["recipe"]
-    lines = [f"run {store.run}  ({store.root})",
+    lines = [f"run {store.run}  ({store.where()})",
              f"recipe {recipe.get('name')}  fingerprint {info['fingerprint']}  model {recipe.get('model')}", ""]
     current = None
     for it in items:

@@ -21,6 +21,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -40,10 +41,14 @@ class StoreError(RuntimeError):
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        return _stream_sha256(f)
+
+
+def _stream_sha256(f) -> str:
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -56,6 +61,97 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def cache_home() -> Path:
+    """Where this machine keeps local copies of what a remote store holds (checkpoints that
+    engines load, the engine request caches, training staging): ``$ALMA_DATA_CACHE`` or
+    ``~/.cache/alma-data``."""
+    return Path(os.environ.get("ALMA_DATA_CACHE") or Path.home() / ".cache" / "alma-data").expanduser()
+
+
+# -- filesystems -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Location:
+    """Where a runs folder lives: a local folder, or a folder on any filesystem pyarrow opens
+    from a URI (``s3://bucket/runs``, ``gs://...``, ``hdfs://...``, ``abfs://...``). Options of
+    the filesystem travel in the URI's query (``s3://b/runs?endpoint_override=host:9000&scheme=http``);
+    credentials come from the usual environment of each machine (``AWS_ACCESS_KEY_ID`` ...),
+    never from the recipe."""
+
+    given: str
+    scheme: str  # "" for a local folder
+    base: str  # the folder's path on its filesystem
+    query: str
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.scheme)
+
+    def url(self, path: str) -> str:
+        """How DuckDB and users name ``path`` (a path on this filesystem)."""
+        return f"{self.scheme}://{path}" if self.remote else path
+
+    def uri(self, path: str) -> str:
+        """``path`` as a URI another machine can open, filesystem options included."""
+        return self.url(path) + (f"?{self.query}" if self.remote and self.query else "")
+
+
+def parse_location(runs_dir: str | Path) -> Location:
+    text = str(runs_dir)
+    if "://" not in text:
+        return Location(text, "", os.path.abspath(os.path.expanduser(text)), "")
+    scheme, rest = text.split("://", 1)
+    path, _, query = rest.partition("?")
+    if scheme == "file":
+        return Location(text, "", os.path.abspath(path), "")
+    if not path.strip("/"):
+        raise StoreError(f"runs_dir={text}: name a bucket and folder, e.g. {scheme}://my-bucket/alma-runs")
+    return Location(text, scheme, path.rstrip("/"), query)
+
+
+@lru_cache(maxsize=16)
+def _arrow_fs(scheme: str, query: str, bucket: str):
+    import pyarrow.fs as pafs
+
+    uri = f"{scheme}://{bucket}" + (f"?{query}" if query else "")
+    try:
+        fs, _ = pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as e:
+        raise StoreError(
+            f"runs_dir {scheme}://{bucket}...: pyarrow cannot open this filesystem ({e}). Use a local folder or a URI "
+            "pyarrow supports (s3://, gs://, hdfs://, abfs://); put filesystem options in the URI's query, e.g. "
+            "s3://bucket/runs?endpoint_override=host:9000&scheme=http") from e
+    return fs
+
+
+def arrow_filesystem(loc: Location):
+    import pyarrow.fs as pafs
+
+    if not loc.remote:
+        return pafs.LocalFileSystem()
+    return _arrow_fs(loc.scheme, loc.query, loc.base.split("/", 1)[0])
+
+
+@lru_cache(maxsize=16)
+def _fsspec_class(scheme: str):
+    from fsspec.implementations.arrow import ArrowFSWrapper
+
+    # DuckDB routes a URL to a registered fsspec filesystem by the class's protocol.
+    return type(f"Arrow_{scheme}_FS", (ArrowFSWrapper,), {"protocol": scheme})
+
+
+def fsspec_filesystem(loc: Location):
+    """The same filesystem through fsspec's interface (listing, globbing, DuckDB registration)."""
+    if not loc.remote:
+        from fsspec.implementations.local import LocalFileSystem
+
+        return LocalFileSystem()
+    return _fsspec_class(loc.scheme)(arrow_filesystem(loc))
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts) if p != "")
+
+
 @dataclass(frozen=True)
 class TableRef:
     round: int
@@ -66,74 +162,192 @@ class TableRef:
 
 
 class Store:
+    """One run's folder, local or remote. On a local folder the path helpers (``root``,
+    ``table_dir``, ``checkpoint_dir``, ``files``) give ``Path`` objects; on a remote one they
+    give strings (paths on its filesystem, URLs for ``files``)."""
+
     def __init__(self, runs_dir: str | Path, run: str):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run):
             raise StoreError(f"run name {run!r} may hold letters, digits, '.', '_' and '-' only")
-        if "://" in str(runs_dir):
-            # pathlib would quietly turn "s3://b/x" into a local folder "s3:/b/x".
-            raise StoreError(
-                f"runs_dir={runs_dir}: the store reads and writes a filesystem path (manifests, shards, "
-                "checkpoints that engines load); mount the bucket or share a folder over NFS and give its path")
-        self.runs_dir = Path(runs_dir)
+        self.loc = parse_location(runs_dir)
+        self.remote = self.loc.remote
+        self.runs_dir = runs_dir if self.remote else Path(runs_dir)
         self.run = run
-        self.root = self.runs_dir / run
+        self.fs = fsspec_filesystem(self.loc)
+        self.arrow_fs = arrow_filesystem(self.loc)
+        self._root = _join(self.loc.base, run)
 
-    # -- run ----------------------------------------------------------------------------
+    def _out(self, path: str):
+        return path if self.remote else Path(path)
+
     @property
-    def run_json(self) -> Path:
-        return self.root / "run.json"
+    def root(self):
+        return self.url(self._root) if self.remote else Path(self._root)
+
+    @property
+    def local_root(self) -> Path:
+        """A local folder for what this machine keeps of the run: the run folder itself when it
+        is local; for a remote run a folder under :func:`cache_home`."""
+        if not self.remote:
+            return Path(self._root)
+        key = hashlib.sha256(self.loc.url(self.loc.base).encode()).hexdigest()[:12]
+        return cache_home() / "runs" / key / self.run
+
+    def url(self, path: str) -> str:
+        return self.loc.url(path)
+
+    def where(self) -> str:
+        return self.url(self._root)
+
+    # -- small files ----------------------------------------------------------------------
+    def _read_json(self, path: str) -> Any | None:
+        try:
+            return json.loads(self.fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+
+    def _write_json(self, path: str, data: Any) -> None:
+        if not self.remote:
+            write_json_atomic(Path(path), data)
+            return
+        # An object store writes an object whole or not at all: no temporary name needed.
+        self.fs.pipe_file(path, json.dumps(data, indent=2, sort_keys=True, default=str).encode())
+
+    def _isfile(self, path: str) -> bool:
+        return self.fs.isfile(path)
+
+    def _names(self, folder: str) -> list[str]:
+        """Names of the files directly in ``folder`` (none when it does not exist)."""
+        try:
+            entries = self.fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "file")
+
+    def read_json(self, relpath: str) -> Any | None:
+        """A JSON file of the run (``publish.json`` ...), or None."""
+        return self._read_json(_join(self._root, relpath))
+
+    def write_json(self, relpath: str, data: Any) -> None:
+        self._write_json(_join(self._root, relpath), data)
+
+    def append_jsonl(self, relpath: str, record: dict[str, Any]) -> None:
+        path = _join(self._root, relpath)
+        line = json.dumps(record) + "\n"
+        if not self.remote:
+            with open(path, "a") as f:
+                f.write(line)
+            return
+        try:
+            old = self.fs.cat_file(path)
+        except FileNotFoundError:
+            old = b""
+        self.fs.pipe_file(path, old + line.encode())
+
+    def upload_dir(self, local: Path, relpath: str) -> None:
+        """Copy a local folder into the run (a report made here, for a remote run)."""
+        import pyarrow.fs as pafs
+
+        if not self.remote:
+            return
+        dest = _join(self._root, relpath)
+        pafs.copy_files(str(local), dest, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.arrow_fs)
+
+    # -- run ------------------------------------------------------------------------------
+    @property
+    def run_json(self):
+        return self._out(_join(self._root, "run.json"))
 
     def exists(self) -> bool:
-        return self.run_json.is_file()
+        return self._isfile(_join(self._root, "run.json"))
 
     def read_run(self) -> dict[str, Any]:
-        if not self.exists():
+        info = self._read_json(_join(self._root, "run.json"))
+        if info is None:
             raise StoreError(
-                f"no run {self.run!r} in {self.runs_dir}; runs there: {', '.join(list_runs(self.runs_dir)) or 'none'}"
+                f"no run {self.run!r} in {self.loc.given}; runs there: {', '.join(list_runs(self.loc.given)) or 'none'}"
             )
-        return json.loads(self.run_json.read_text())
+        return info
 
     def write_run(self, recipe: dict[str, Any], fingerprint: str) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(
-            self.run_json,
-            {"run": self.run, "recipe": recipe, "fingerprint": fingerprint, "code_version": __version__},
-        )
+        self.fs.makedirs(self._root, exist_ok=True)
+        self._write_json(_join(self._root, "run.json"),
+                         {"run": self.run, "recipe": recipe, "fingerprint": fingerprint, "code_version": __version__})
 
-    # -- tables -------------------------------------------------------------------------
-    def table_dir(self, round: int, table: str) -> Path:
-        return self.root / f"round={round}" / table
+    def rounds_present(self) -> list[int]:
+        """Rounds that have a folder in the run (finished or not)."""
+        try:
+            entries = self.fs.ls(self._root, detail=True)
+        except FileNotFoundError:
+            return []
+        names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"]
+        return sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"round=(\d+)", n)))
+
+    # -- tables ---------------------------------------------------------------------------
+    def _table(self, round: int, table: str) -> str:
+        return _join(self._root, f"round={round}", table)
+
+    def table_dir(self, round: int, table: str):
+        return self._out(self._table(round, table))
 
     def manifest(self, round: int, table: str) -> dict[str, Any] | None:
-        path = self.table_dir(round, table) / MANIFEST
-        return json.loads(path.read_text()) if path.is_file() else None
+        return self._read_json(_join(self._table(round, table), MANIFEST))
+
+    def progress(self, round: int, table: str) -> dict[str, Any] | None:
+        return self._read_json(_join(self._table(round, table), PROGRESS))
+
+    def shard_names(self, round: int, table: str) -> list[str]:
+        """The finished shards of a table, done or still being written."""
+        return [n for n in self._names(self._table(round, table)) if SHARD_RE.match(n)]
 
     def is_done(self, round: int, table: str) -> bool:
-        return (self.table_dir(round, table) / MANIFEST).is_file()
+        return self._isfile(_join(self._table(round, table), MANIFEST))
 
-    def files(self, round: int, table: str) -> list[Path]:
+    def _files(self, round: int, table: str) -> list[str]:
         m = self.manifest(round, table)
         if m is None:
-            raise StoreError(f"{self.root}/round={round}/{table} is not finished (no {MANIFEST}); run the build to finish it")
-        return [self.table_dir(round, table) / s["file"] for s in m["shards"]]
+            raise StoreError(f"{self.where()}/round={round}/{table} is not finished (no {MANIFEST}); run the build to finish it")
+        return [_join(self._table(round, table), s["file"]) for s in m["shards"]]
+
+    def files(self, round: int, table: str) -> list:
+        """The table's shards: paths (local run) or URLs that :meth:`connect`'s DuckDB reads (remote run)."""
+        return [self.url(f) if self.remote else Path(f) for f in self._files(round, table)]
 
     def read(self, round: int, table: str, columns: list[str] | None = None) -> pa.Table:
-        files = self.files(round, table)
-        schema = pq.read_schema(files[0]) if files else None
-        parts = [pq.read_table(f, columns=columns) for f in files]
-        if not parts:
-            return pa.table({}) if schema is None else schema.empty_table()
+        files = self._files(round, table)
+        if not files:
+            return pa.table({})
+        parts = [pq.read_table(f, columns=columns, filesystem=self.arrow_fs) for f in files]
         return pa.concat_tables(parts)
+
+    def download(self, round: int, table: str) -> list[Path]:
+        """Local copies of a table's shards (the shards themselves for a local run), for readers
+        that want local files, such as ``datasets.load_dataset('parquet', ...)``."""
+        if not self.remote:
+            return [Path(f) for f in self._files(round, table)]
+        m = self.manifest(round, table)
+        folder = self.local_root / f"round={round}" / table / m["hash"]
+        folder.mkdir(parents=True, exist_ok=True)
+        out = []
+        for shard in m["shards"]:
+            dest = folder / shard["file"]
+            if not dest.is_file() or file_sha256(dest) != shard["sha256"]:
+                tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+                self.fs.get_file(_join(self._table(round, table), shard["file"]), str(tmp))
+                os.replace(tmp, dest)
+            out.append(dest)
+        return out
 
     def done_tables(self) -> dict[str, list[int]]:
         """Finished tables of the run: table name -> rounds that have it."""
         found: dict[str, list[int]] = {}
-        for manifest in sorted(self.root.glob(f"round=*/*/{MANIFEST}")):
-            table = manifest.parent.name
-            if table == "checkpoints":
+        for manifest in sorted(self.fs.glob(_join(self._root, "round=*", "*", MANIFEST))):
+            parts = manifest.rstrip("/").split("/")
+            table, rnd_dir = parts[-2], parts[-3]
+            if table == "checkpoints" or not rnd_dir.startswith("round="):
                 continue
-            rnd = int(manifest.parent.parent.name.split("=", 1)[1])
-            found.setdefault(table, []).append(rnd)
+            found.setdefault(table, []).append(int(rnd_dir.split("=", 1)[1]))
         return {t: sorted(r) for t, r in sorted(found.items())}
 
     def writer(self, round: int, table: str, *, config_hash: str, schema: pa.Schema,
@@ -147,43 +361,79 @@ class Store:
             raise StoreError(f"input table {ref} of {self.run} is not finished")
         return m["hash"]
 
-    # -- checkpoints --------------------------------------------------------------------
-    def checkpoint_dir(self, round: int, name: str) -> Path:
-        return self.root / f"round={round}" / "checkpoints" / name
+    # -- checkpoints ----------------------------------------------------------------------
+    def _checkpoint(self, round: int, name: str) -> str:
+        return _join(self._root, f"round={round}", "checkpoints", name)
+
+    def checkpoint_dir(self, round: int, name: str):
+        return self._out(self._checkpoint(round, name))
+
+    def checkpoint_manifest(self, round: int, name: str) -> dict[str, Any] | None:
+        return self._read_json(_join(self._checkpoint(round, name), MANIFEST))
 
     def checkpoint_done(self, round: int, name: str) -> bool:
-        return (self.checkpoint_dir(round, name) / MANIFEST).is_file()
+        return self._isfile(_join(self._checkpoint(round, name), MANIFEST))
 
     def checkpoint_manifest_hash(self, round: int, name: str) -> str:
-        path = self.checkpoint_dir(round, name) / MANIFEST
-        if not path.is_file():
+        m = self.checkpoint_manifest(round, name)
+        if m is None:
             raise StoreError(f"checkpoint {name!r} of round {round} in run {self.run!r} is not finished")
-        return json.loads(path.read_text())["hash"]
+        return m["hash"]
 
-    def commit_checkpoint(self, tmp_dir: Path, round: int, name: str, manifest: dict[str, Any]) -> Path:
-        final = self.checkpoint_dir(round, name)
-        if final.exists():
-            shutil.rmtree(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp_dir, final)
-        files = sorted(p for p in final.rglob("*") if p.is_file() and p.name != MANIFEST)
+    def checkpoint_location(self, round: int, name: str) -> str:
+        """What engines and trainers load: the folder of a local run, or a URI that
+        :func:`local_model_path` turns into a local copy on whichever machine opens it."""
+        if self.remote:
+            return self.loc.uri(self._checkpoint(round, name))
+        return str(Path(self._checkpoint(round, name)).resolve())
+
+    def checkpoint_staging(self, round: int, name: str) -> Path:
+        """The local folder a checkpoint is trained into before :meth:`commit_checkpoint`."""
+        return self.local_root / f"round={round}" / "checkpoints" / f".{name}.tmp"
+
+    def commit_checkpoint(self, tmp_dir: Path, round: int, name: str, manifest: dict[str, Any]) -> str:
+        files = sorted(p for p in tmp_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
         manifest = {
             **manifest,
             "checkpoint": name,
             "round": round,
             "code_version": __version__,
-            "files": [{"file": str(p.relative_to(final)), "bytes": p.stat().st_size} for p in files],
+            "files": [{"file": str(p.relative_to(tmp_dir)), "bytes": p.stat().st_size} for p in files],
         }
         manifest["hash"] = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        write_json_atomic(final / MANIFEST, manifest)
-        return final
+        final = self._checkpoint(round, name)
+        if not self.remote:
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(tmp_dir, final)
+            write_json_atomic(Path(final) / MANIFEST, manifest)
+            return final
+        import pyarrow.fs as pafs
 
-    # -- SQL ----------------------------------------------------------------------------
+        if self.fs.exists(final):
+            self.fs.rm(final, recursive=True)
+        pafs.copy_files(str(tmp_dir), final, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.arrow_fs, use_threads=True)
+        self._write_json(_join(final, MANIFEST), manifest)  # last: the checkpoint exists from here on
+        # Keep the trained folder as this machine's copy, so loading it needs no download.
+        write_json_atomic(tmp_dir / MANIFEST, manifest)
+        dest = _checkpoint_cache(self.checkpoint_location(round, name), manifest["hash"])
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_dir, dest)
+        return self.checkpoint_location(round, name)
+
+    # -- SQL ------------------------------------------------------------------------------
     def connect(self, database: str = ":memory:"):
-        """A DuckDB connection with one view per finished table, over all rounds."""
+        """A DuckDB connection with one view per finished table, over all rounds. A remote run's
+        filesystem is registered on the connection, so its URLs read like local paths."""
         import duckdb
 
         con = duckdb.connect(database)
+        if self.remote:
+            con.register_filesystem(self.fs)
         for table, rounds in self.done_tables().items():
             files = [str(f) for r in rounds for f in self.files(r, table)]
             if not files:
@@ -197,19 +447,68 @@ class Store:
 
 
 def list_runs(runs_dir: str | Path) -> list[str]:
-    root = Path(runs_dir)
-    return sorted(p.parent.name for p in root.glob("*/run.json")) if root.is_dir() else []
+    loc = parse_location(runs_dir)
+    fs = fsspec_filesystem(loc)
+    found = fs.glob(_join(loc.base, "*", "run.json")) if fs.isdir(loc.base) or loc.remote else []
+    return sorted(p.rstrip("/").split("/")[-2] for p in found)
 
 
-def write_shard_file(dir: Path, index: int, rows: pa.Table | list[dict[str, Any]], schema: pa.Schema) -> int:
-    """Write ``part-<index>`` of a table: to a temporary name, then renamed into place."""
+def _checkpoint_cache(uri: str, manifest_hash: str) -> Path:
+    key = hashlib.sha256(uri.split("?", 1)[0].encode()).hexdigest()[:16]
+    return cache_home() / "checkpoints" / f"{key}-{manifest_hash}"
+
+
+def local_model_path(ref: str) -> str:
+    """A model reference as something ``from_pretrained`` and vLLM load: unchanged unless it is
+    a checkpoint of a remote run (``s3://.../checkpoints/NAME?...``), which is copied once into
+    :func:`cache_home` (keyed by its manifest hash) and named by that local copy."""
+    if "://" not in ref:
+        return ref
+    import pyarrow.fs as pafs
+
+    loc = parse_location(ref)
+    fs = fsspec_filesystem(loc)
+    try:
+        manifest = json.loads(fs.cat_file(_join(loc.base, MANIFEST)))
+    except FileNotFoundError:
+        raise StoreError(f"{loc.url(loc.base)} is not a finished checkpoint (no {MANIFEST}); "
+                         "build the round that trains it") from None
+    dest = _checkpoint_cache(ref, manifest["hash"])
+    if (dest / MANIFEST).is_file():
+        return str(dest)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    pafs.copy_files(loc.base, str(tmp), source_filesystem=arrow_filesystem(loc),
+                    destination_filesystem=pafs.LocalFileSystem(), use_threads=True)
+    for f in manifest["files"]:
+        got = tmp / f["file"]
+        if not got.is_file() or got.stat().st_size != f["bytes"]:
+            raise StoreError(f"{loc.url(loc.base)}: {f['file']} came down with "
+                             f"{got.stat().st_size if got.is_file() else 'no'} bytes, not {f['bytes']}; run again")
+    write_json_atomic(tmp / MANIFEST, manifest)
+    if dest.exists():  # another process finished the same copy first
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, dest)
+    return str(dest)
+
+
+def write_shard_file(fs, arrow_fs, dir: str, index: int, rows: pa.Table | list[dict[str, Any]],
+                     schema: pa.Schema, remote: bool) -> int:
+    """Write ``part-<index>`` of a table. Locally to a temporary name, then renamed into place;
+    on an object store straight to its name (an object is written whole or not at all)."""
     if isinstance(rows, list):
         table = pa.Table.from_pylist(rows, schema=schema)
     else:
         table = rows.select(schema.names).cast(schema)
-    final = dir / f"part-{index:05d}.parquet"
+    final = _join(dir, f"part-{index:05d}.parquet")
+    if remote:
+        pq.write_table(table, final, compression="zstd", filesystem=arrow_fs)
+        return table.num_rows
     # The process id keeps two writers of one shard (a retried task beside a lost one) apart.
-    tmp = dir / f".{final.name}.{os.getpid()}.tmp"
+    tmp = _join(dir, f".part-{index:05d}.parquet.{os.getpid()}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -219,22 +518,27 @@ def write_shard_file(dir: Path, index: int, rows: pa.Table | list[dict[str, Any]
 
 @dataclass(frozen=True)
 class ShardSink:
-    """The picklable part of a :class:`TableWriter` that executors hand to their workers:
-    it writes shards into the table's folder by absolute path, and nothing else. The driver
-    keeps the writer, which owns the resume state and the manifest."""
+    """The picklable part of a :class:`TableWriter` that executors hand to their workers: it
+    writes shards into the table's folder, and nothing else. It carries the runs folder as
+    given (a local path, or a URI whose credentials each worker finds in its own environment),
+    never an open filesystem. The driver keeps the writer, which owns the resume state and the
+    manifest."""
 
+    runs_dir: str
     dir: str
     schema: pa.Schema
 
     def write_shard(self, index: int, rows: pa.Table | list[dict[str, Any]]) -> int:
-        folder = Path(self.dir)
-        if not folder.is_dir():
+        loc = parse_location(self.runs_dir)
+        if not loc.remote and not os.path.isdir(self.dir):
             import socket
 
             raise StoreError(
                 f"{self.dir} does not exist on {socket.gethostname()}: workers write shards into the runs folder "
-                "directly, so runs_dir must be a filesystem every worker mounts at the same path (e.g. NFS)")
-        return write_shard_file(folder, index, rows, self.schema)
+                "directly, so runs_dir must be a filesystem every worker sees: the same mounted path (e.g. NFS) "
+                "or an object store URI (e.g. s3://bucket/runs)")
+        return write_shard_file(fsspec_filesystem(loc), arrow_filesystem(loc), self.dir, index, rows,
+                                self.schema, loc.remote)
 
 
 class TableWriter:
@@ -245,59 +549,66 @@ class TableWriter:
         self.store = store
         self.round = round
         self.table = table
+        self._dir = store._table(round, table)
         self.dir = store.table_dir(round, table)
         self.schema = schema
         self.inputs = {str(ref): store.input_hash(ref) for ref in inputs}
         self.config_hash = config_hash
         self.meta = meta
         self.started = time.time()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        fs = store.fs
+        fs.makedirs(self._dir, exist_ok=True)
         state_key = {"config_hash": config_hash, "inputs": self.inputs}
-        state_path = self.dir / STATE
-        state = json.loads(state_path.read_text()) if state_path.is_file() else None
-        if state != state_key:
+        state_path = _join(self._dir, STATE)
+        if store._read_json(state_path) != state_key:
             # Shards from another configuration or other inputs are not resume points.
-            for p in self.dir.iterdir():
-                if p.is_file():
-                    p.unlink()
-            write_json_atomic(state_path, state_key)
-        for stale in self.dir.glob(".*.tmp"):
-            stale.unlink()
+            for name in store._names(self._dir):
+                fs.rm_file(_join(self._dir, name))
+            store._write_json(state_path, state_key)
+        for name in store._names(self._dir):
+            if name.startswith(".") and name.endswith(".tmp"):
+                fs.rm_file(_join(self._dir, name))
 
     @property
     def done(self) -> bool:
-        return (self.dir / MANIFEST).is_file()
+        return self.store._isfile(_join(self._dir, MANIFEST))
 
     def expect(self, shards: int) -> "TableWriter":
         """Record how many shards the table will have, so ``status`` can show partial progress."""
-        write_json_atomic(self.dir / PROGRESS, {"expected_shards": shards})
+        self.store._write_json(_join(self._dir, PROGRESS), {"expected_shards": shards})
         return self
 
-    def shard_path(self, index: int) -> Path:
-        return self.dir / f"part-{index:05d}.parquet"
+    def shard_path(self, index: int):
+        return self.store._out(_join(self._dir, f"part-{index:05d}.parquet"))
 
     def done_shards(self) -> set[int]:
-        return {int(m.group(1)) for p in self.dir.iterdir() if (m := SHARD_RE.match(p.name))}
+        return {int(m.group(1)) for n in self.store._names(self._dir) if (m := SHARD_RE.match(n))}
 
     def write_shard(self, index: int, rows: pa.Table | list[dict[str, Any]]) -> int:
-        return write_shard_file(self.dir, index, rows, self.schema)
+        s = self.store
+        return write_shard_file(s.fs, s.arrow_fs, self._dir, index, rows, self.schema, s.remote)
 
     def sink(self) -> "ShardSink":
         """What a worker process needs to write this table's shards (never its manifest)."""
-        return ShardSink(str(self.dir.resolve()), self.schema)
+        return ShardSink(str(self.store.loc.given) if self.store.remote else self.store.loc.base,
+                         self._dir, self.schema)
 
     def finish(self, expected_shards: int | None = None, **extra: Any) -> dict[str, Any]:
         indices = sorted(self.done_shards())
         if expected_shards is not None and indices != list(range(expected_shards)):
             missing = sorted(set(range(expected_shards)) - set(indices))
-            raise StoreError(f"{self.dir}: shards {missing[:5]} missing; rerun the build to write them")
+            raise StoreError(f"{self.store.url(self._dir)}: shards {missing[:5]} missing; rerun the build to write them")
         if not indices:  # an empty table still has one (empty) shard, so readers see its schema
             self.write_shard(0, self.schema.empty_table())
             indices = [0]
         shards = []
         for i in indices:
-            path = self.shard_path(i)
-            shards.append({"file": path.name, "rows": pq.read_metadata(path).num_rows, "sha256": file_sha256(path)})
+            path = _join(self._dir, f"part-{i:05d}.parquet")
+            with self.store.fs.open(path, "rb") as f:
+                sha = _stream_sha256(f)
+            with self.store.arrow_fs.open_input_file(path) as f:
+                n = pq.read_metadata(f).num_rows
+            shards.append({"file": path.rsplit("/", 1)[-1], "rows": n, "sha256": sha})
         manifest = {
             "run": self.store.run,
             "round": self.round,
@@ -317,7 +628,7 @@ class TableWriter:
         manifest["hash"] = hashlib.sha256(
             json.dumps([self.config_hash, self.inputs, [s["sha256"] for s in shards]]).encode()
         ).hexdigest()[:16]
-        write_json_atomic(self.dir / MANIFEST, manifest)
+        self.store._write_json(_join(self._dir, MANIFEST), manifest)
         return manifest
 
 

@@ -29,6 +29,10 @@ def load_engine(kind: str, model_path: str, *, dtype: str = "auto", batch_rows: 
     a server-backed engine maps them to a served model. ``options`` is the recipe's
     section for the backend (``recipe.vllm``, ``recipe.openai``).
     """
+    if kind in ("transformers", "vllm"):
+        from alma_data.store import local_model_path
+
+        model_path = local_model_path(model_path)  # a remote run's checkpoint: a local copy, made once
     if kind == "transformers":
         from alma_data.engines.transformers_engine import TransformersEngine
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ class Context:
         from alma_data.engines import open_engine
 
         return open_engine(self.recipe, model_path, name=name, round=round, role=role,
-                           cache_dir=self.store.root / "_cache" / "engine")
+                           cache_dir=self.store.local_root / "_cache" / "engine")
 
     def progress(self, total: int, desc: str, unit: str = "it"):
         from tqdm.auto import tqdm
@@ -62,7 +61,7 @@ class Context:
     def checkpoint_current(self, round: int, name: str, config_hash: str, inputs: dict[str, str]) -> bool:
         if not self.store.checkpoint_done(round, name):
             return False
-        m = json.loads((self.store.checkpoint_dir(round, name) / "_manifest.json").read_text())
+        m = self.store.checkpoint_manifest(round, name) or {}
         return m.get("config_hash") == config_hash and m.get("inputs") == inputs
 
     @contextmanager

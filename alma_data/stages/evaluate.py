@@ -38,7 +38,7 @@ def evaluate_round(ctx: Context, round: int) -> None:
         if ctx.skip_if_current(info, round, "eval", h, inputs):
             return
         prompts = [r for r in store.read(1, "prompts").to_pylist() if r["split"] == "eval"]
-        engine = ctx.open_engine(str(store.checkpoint_dir(mr, mname)), name=mname, round=mr)
+        engine = ctx.open_engine(store.checkpoint_location(mr, mname), name=mname, round=mr)
         tok = engine.tokenizer
         with ctx.progress(len(prompts), f"answering held-out prompts with {mname}", "prompt") as bar:
             out = engine.generate([render_chat(tok, p["prompt"]) for p in prompts],

@@ -29,7 +29,7 @@ def real_valued_score(engine: Engine, prompts: list[str], responses: list[str], 
 
 
 def open_judge(ctx: Context, round: int, name: str = "judge") -> Engine:
-    return ctx.open_engine(str(ctx.store.checkpoint_dir(round, name)), name=name, round=round, role="score")
+    return ctx.open_engine(ctx.store.checkpoint_location(round, name), name=name, round=round, role="score")
 
 
 def judge_eval(ctx: Context, round: int, judge: str) -> None:
@@ -65,7 +65,7 @@ def judge_eval(ctx: Context, round: int, judge: str) -> None:
             engine.close()
         else:
             rate = ""
-        manifest = writer.finish(expected_shards=n_shards, judge_checkpoint=str(store.checkpoint_dir(round, judge)))
+        manifest = writer.finish(expected_shards=n_shards, judge_checkpoint=store.checkpoint_location(round, judge))
         con = store.connect()
         register_parquet(con, "judge_eval_rows", store.files(round, table))
         metrics = run_sql(con, "judge_quality").fetchall()

@@ -108,7 +108,7 @@ def sample_responses(ctx: Context, round: int) -> None:
                     continue
                 shards.append((s, SampleShard(chunk, name, round, offsets[ci], count, seed_int(recipe.seed, round, name, s),
                                               cfg.temperature, cfg.top_p, cfg.max_new_tokens)))
-            path = str(store.checkpoint_dir(ref.round, name).resolve())
+            path = store.checkpoint_location(ref.round, name)
             jobs.append(ShardJob(EngineSpec(path, name=name, round=ref.round), shards))
         total = sum(c * len(prompts) for _, _, c in mix)
         with ctx.progress(total, f"sampling responses (round {round})", "resp") as bar:
@@ -116,7 +116,7 @@ def sample_responses(ctx: Context, round: int) -> None:
             ran = executor_for(ctx).run(sample_shard, jobs, writer, bar)
         m = writer.finish(expected_shards=len(mix) * len(chunks),
                           checkpoint_counts={name: count for name, _, count in mix},
-                          checkpoints={name: str(store.checkpoint_dir(ref.round, name)) for name, ref, _ in mix},
+                          checkpoints={name: store.checkpoint_location(ref.round, name) for name, ref, _ in mix},
                           run_by=ran.provenance())
         info.update(rows=m["rows"], rate=ran.rate("tokens"))
 
@@ -167,7 +167,7 @@ def judge_responses(ctx: Context, round: int) -> None:
         label = f"round={jr}/{jname}"
         shards = [(i, JudgeShard(rows[i * per:(i + 1) * per], recipe.judge.scale, label))
                   for i in range(n_shards) if i not in writer.done_shards()]
-        job = ShardJob(EngineSpec(str(store.checkpoint_dir(jr, jname).resolve()), name=jname, round=jr, role="score"),
+        job = ShardJob(EngineSpec(store.checkpoint_location(jr, jname), name=jname, round=jr, role="score"),
                        shards)
         ran = ShardRun(executor=recipe.executor)
         if shards:
@@ -179,7 +179,7 @@ def judge_responses(ctx: Context, round: int) -> None:
 
 def executor_for(ctx: Context):
     """The recipe's executor (``executor=local|ray``) for this build's shards."""
-    return make_executor(ctx.recipe, ctx.store.root / "_cache" / "engine", ctx.log)
+    return make_executor(ctx.recipe, ctx.store.local_root / "_cache" / "engine", ctx.log)
 
 
 def register_round_views(con, store: Store, round: int,

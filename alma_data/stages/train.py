@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 
 from alma_data.models import resolve
 from alma_data.prompting import judge_question, judge_target, render_chat
 from alma_data.stages.base import Context, config_hash
-from alma_data.store import TableRef
+from alma_data.store import TableRef, local_model_path
 
 # What an SFT policy checkpoint depends on (not train.trainer: m1a is the same whichever
 # trainer the later rounds use).
@@ -28,15 +27,15 @@ def _train_checkpoint(ctx: Context, round: int, name: str, h: str, inputs: list[
     with ctx.stage(round, f"train {name}") as info:
         input_hashes = ctx.inputs_hash(inputs)
         if ctx.checkpoint_current(round, name, h, input_hashes):
-            done = json.loads((store.checkpoint_dir(round, name) / "_manifest.json").read_text())
+            done = store.checkpoint_manifest(round, name)
             info.update(skipped=True, rows=done["training"]["examples"])
             return
-        tmp = store.checkpoint_dir(round, f".{name}.tmp")
+        tmp = store.checkpoint_staging(round, name)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         dataset = make_dataset()
         ctx.log(f"  training {name} from {base} on {len(dataset)} examples")
-        summary = trainer(base, dataset, tmp, spec, log=ctx.log, render_prompt=render)
+        summary = trainer(local_model_path(base), dataset, tmp, spec, log=ctx.log, render_prompt=render)
         store.commit_checkpoint(tmp, round, name, {
             "config_hash": h, "inputs": input_hashes, "base_model": ctx.recipe.model, "started_from": base,
             "training": summary,
@@ -58,7 +57,7 @@ def train_policy(ctx: Context, round: int, name: str, seed: int, sft_tables: lis
     from training import parquet_dataset
 
     spec = _policy_spec(ctx, seed)
-    files = [f for ref in sft_tables for f in ctx.store.files(ref.round, ref.table)]
+    files = [f for ref in sft_tables for f in ctx.store.download(ref.round, ref.table)]
     h = config_hash(ctx.recipe, *TRAIN_KEYS, seed=seed)
 
     def make_dataset():
@@ -84,13 +83,13 @@ def train_judge(ctx: Context, round: int, name: str, tables: list[TableRef],
     spec = TrainSpec(epochs=j.epochs, learning_rate=j.learning_rate, batch_size=j.batch_size,
                      max_length=j.max_length, max_steps=j.max_steps, bf16=ctx.recipe.train.bf16,
                      seed=ctx.recipe.seed)
-    base = str(ctx.store.checkpoint_dir(*start)) if start else resolve(ctx.recipe.model)
+    base = ctx.store.checkpoint_location(*start) if start else resolve(ctx.recipe.model)
     h = config_hash(ctx.recipe, *JUDGE_KEYS, start=ctx.store.checkpoint_manifest_hash(*start) if start else "")
 
     def make_dataset():
         parts = []
         for ref in tables:
-            files = ctx.store.files(ref.round, ref.table)
+            files = ctx.store.download(ref.round, ref.table)
             has_heldout = "heldout" in ctx.store.manifest(ref.round, ref.table)["columns"]
             ds = parquet_dataset(files, ["prompt", "response", "score"] + (["heldout"] if has_heldout else []))
             if has_heldout:
@@ -111,12 +110,12 @@ def train_dpo(ctx: Context, round: int, name: str, pairs: TableRef, start: tuple
     t = ctx.recipe.train
     spec = _policy_spec(ctx, ctx.recipe.seed)
     store = ctx.store
-    base = str(store.checkpoint_dir(*start))
+    base = store.checkpoint_location(*start)
     h = config_hash(ctx.recipe, *TRAIN_KEYS, "train.trainer", "train.dpo_beta",
                     start=store.checkpoint_manifest_hash(*start))
 
     def make_dataset():
-        return parquet_dataset(store.files(pairs.round, pairs.table), ["prompt", "chosen", "rejected"])
+        return parquet_dataset(store.download(pairs.round, pairs.table), ["prompt", "chosen", "rejected"])
 
     def train(base_path, dataset, out, spec_, log, render_prompt):
         return run_dpo(base_path, dataset, out, spec_, beta=t.dpo_beta, log=log, render_prompt=render_prompt)
