@@ -10,6 +10,12 @@ Layout::
 A shard is written under a temporary name and renamed into place, so a shard either
 exists whole or not at all. A table is done when its manifest exists; until then its
 shards are the resume points of the stage that writes it.
+
+``runs_dir`` may also be a URI of any filesystem pyarrow opens (``s3://bucket/runs``,
+``gs://...``), with the filesystem's options in its query. There a shard is written
+straight to its object (objects are stored whole or not at all), DuckDB reads through an
+fsspec wrapper registered on the connection, and checkpoints reach engines and trainers
+as local copies (:func:`local_model_path`).
 """
 
 from __future__ import annotations

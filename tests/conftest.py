@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,53 @@ def tiny_run(tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     run_cli("build", "round=3", "recipe=tiny", f"runs_dir={runs}", "run=shared")
     return runs
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto's) on loopback for the session, and the environment a
+    client of it needs. Yields a function that gives a fresh ``s3://`` runs folder URI."""
+    import itertools
+    import urllib.request
+
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("s3") / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto's S3 server did not start on 127.0.0.1:{port}; see {log.name}")
+            time.sleep(0.3)
+    env = {"AWS_ACCESS_KEY_ID": "alma-test", "AWS_SECRET_ACCESS_KEY": "alma-test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # subprocesses (builds, Ray workers) inherit the credentials
+    counter = itertools.count()
+
+    def runs_uri(bucket: str = "alma-test") -> str:
+        return (f"s3://{bucket}/runs-{next(counter)}?endpoint_override=127.0.0.1:{port}&scheme=http"
+                "&allow_bucket_creation=true")
+
+    yield runs_uri
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

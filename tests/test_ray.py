@@ -35,10 +35,10 @@ def build_args(runs, run, *keys):
 ENV = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def build(runs, run, *keys):
+def build(runs, run, *keys, env=None):
     """The real ``alma-data build``; returns its process id and its stderr."""
     proc = subprocess.Popen(build_args(runs, run, *keys), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+                            env=env or ENV)
     _, err = proc.communicate(timeout=600)
     if proc.returncode != 0:
         raise AssertionError(f"alma-data build {' '.join(keys)} failed ({proc.returncode}):\n{err[-4000:]}")
@@ -81,6 +81,34 @@ def test_ray_writes_the_same_rows_as_local(runs):
     local = Store(runs, "local")
     assert store.manifest(2, "judgments")["hash"] == local.manifest(2, "judgments")["hash"]
     assert "[round 2] sft: already done" in out and "train m2: already done" in out
+
+
+def test_ray_workers_write_into_an_object_store(runs, s3_server, tmp_path):
+    """A run half-made locally is copied into a bucket; ``executor=ray`` finishes it there:
+    workers fetch the checkpoints from the bucket and write their shards into it."""
+    import pyarrow.fs as pafs
+
+    from alma_data.store import parse_location
+
+    copy_without(runs, "local", "to_s3", "responses", "judgments")
+    uri = s3_server()
+    loc = parse_location(uri)
+    bucket_fs, _ = pafs.FileSystem.from_uri(uri)
+    pafs.copy_files(str(runs / "to_s3"), f"{loc.base}/ray", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=bucket_fs)
+    env = {**ENV, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")},
+           "ALMA_DATA_CACHE": str(tmp_path / "cache")}
+    _, out = build(uri, "ray", "executor=ray", "ray.num_workers=2", env=env)
+    store, local = Store(uri, "ray"), Store(runs, "local")
+    for table, columns in (("responses", RESPONSES), ("judgments", JUDGMENTS)):
+        m = store.manifest(2, table)
+        assert m["run_by"]["executor"] == "ray" and m["run_by"]["shards"] == len(m["shards"]) == len(local.manifest(2, table)["shards"])
+        got = store.read(2, table).sort_by("response_id").select(columns.split(", "))
+        want = local.read(2, table).sort_by("response_id").select(columns.split(", "))
+        assert got.equals(want), f"{table} written by Ray into the bucket differs from the local build"
+    assert "[round 2] sft: already done" in out
+    # the workers loaded the checkpoints from copies under ALMA_DATA_CACHE, made from the bucket
+    assert len(list((tmp_path / "cache" / "checkpoints").iterdir())) == 3  # m1a, m1b, judge
 
 
 def test_killed_ray_build_resumes_with_the_local_executor(runs):
