@@ -297,6 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, duckdb.Error):
             print(f"alma-data: SQL error: {exc}\n(see the tables with: alma-data tables)", file=sys.stderr)
             return 2
+        runs_dir = next((a.split("=", 1)[1] for a in getattr(args, "assignments", []) if a.startswith("runs_dir=")), "")
+        if isinstance(exc, OSError) and "://" in runs_dir:
+            print(f"alma-data: error: the runs folder {runs_dir.split('?', 1)[0]} could not be read or written: {exc}\n"
+                  "Check the address (endpoint_override=... in the URI's query for a server of your own), the "
+                  "network, and the credentials in this machine's environment (e.g. AWS_ACCESS_KEY_ID, "
+                  "AWS_SECRET_ACCESS_KEY). What was written before stays: the same command resumes from it.",
+                  file=sys.stderr)
+            return 2
         raise
 
 

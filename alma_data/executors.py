@@ -1,4 +1,4 @@
-"""Executors: where the shards of a sampling or judging stage run.
+"""Executors: where the shards of a generation stage run (prompt candidates, sampling, judging).
 
 A stage cuts its work into shards and hands them to an executor as jobs: one job per
 engine (a checkpoint with a role), each with its shards. Every shard runs the same
@@ -8,10 +8,10 @@ which shards are done, the manifest, the progress bar and the summary line.
 
 - ``local``: this process opens each job's engine in turn and runs its shards in order.
 - ``ray``: actors on a Ray cluster, each holding one engine (one vLLM instance per GPU,
-  say), run shards and write them into the runs folder themselves. An actor whose
-  checkpoint has no shards left is ended, and one for a checkpoint with shards left
-  takes its place where that pays (:class:`WorkerPlan`), so every engine lives in a
-  process of its own and frees its memory with it.
+  say), run shards and write them into the runs folder (shared, or an object store)
+  themselves. An actor whose checkpoint has no shards left is ended, and one for a
+  checkpoint with shards left takes its place where that pays (:class:`WorkerPlan`), so
+  every engine lives in a process of its own and frees its memory with it.
 
 The per-shard seeds come from (seed, round, checkpoint, shard), never from the worker or
 the order shards run in, so either executor may resume what the other started, and the

@@ -45,9 +45,13 @@ def build(runs, run, *keys, env=None):
     return proc.pid, err
 
 
-def rows(runs, run, table, columns):
+def rows_by(runs, run, table, columns, key):
     return duckdb.sql(f"select {columns} from read_parquet('{runs}/{run}/round=2/{table}/part-*.parquet') "
-                      "order by response_id").fetchall()
+                      f"order by {key}").fetchall()
+
+
+def rows(runs, run, table, columns):
+    return rows_by(runs, run, table, columns, "response_id")
 
 
 def copy_without(runs, src, dst, *tables):
@@ -65,11 +69,17 @@ def runs(tmp_path_factory):
 
 
 def test_ray_writes_the_same_rows_as_local(runs):
-    copy_without(runs, "local", "ray", "responses", "judgments")
+    copy_without(runs, "local", "ray", "prompt_candidates", "responses", "judgments")
     pid, out = build(runs, "ray", "executor=ray", "ray.num_workers=2")
     assert "ray: started a local Ray instance: 1 node(s), 2 CPUs" in out
     store = Store(runs, "ray")
-    for table in ("responses", "judgments"):
+    # the candidates the base model writes: the same bytes, so the prompts made from them stand
+    cand = "candidate_id, prompt_id, prompt, shots, status"
+    assert rows_by(runs, "ray", "prompt_candidates", cand, "candidate_id") == \
+        rows_by(runs, "local", "prompt_candidates", cand, "candidate_id")
+    assert store.manifest(2, "prompt_candidates")["hash"] == Store(runs, "local").manifest(2, "prompt_candidates")["hash"]
+    assert "[round 2] rebalance prompts: already done" in out
+    for table in ("prompt_candidates", "responses", "judgments"):
         by = store.manifest(2, table)["run_by"]
         # every shard written by Ray worker processes (two at a time), none by the build's own process
         assert by["executor"] == "ray" and by["workers"] == 2 and by["shards"] == len(store.manifest(2, table)["shards"])

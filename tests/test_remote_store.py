@@ -8,6 +8,10 @@ trainers load checkpoints through a local copy; a worker process writes shards b
 import json
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -131,8 +135,22 @@ def test_a_build_on_s3_gives_the_rows_of_a_local_build(s3_server, tiny_run, tmp_
     monkeypatch.setenv("ALMA_DATA_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     uri = s3_server()
+    # Killed once the first shard of round 2's responses is in the bucket...
+    args = [sys.executable, "-m", "alma_data", "build", "round=2", "recipe=tiny", f"runs_dir={uri}", "run=shared"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    loc = parse_location(uri)
+    bucket_fs, _ = pafs.FileSystem.from_uri(uri)
+    first = f"{loc.base}/shared/round=2/responses/part-00000.parquet"
+    deadline = time.time() + 300
+    while bucket_fs.get_file_info(first).type != pafs.FileType.File and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not Store(uri, "shared").is_done(2, "sft"), "the kill came too late to test a resume"
+    # ...and run again: it goes on from what is in the bucket.
     out = run_cli("build", "round=2", "recipe=tiny", f"runs_dir={uri}", "run=shared").stderr
-    assert "round 2 built: 18 stages run" in out
+    assert "[round 2] prompt candidates: already done" in out and "[round 1] train m1a: already done" in out
     remote, local = Store(uri, "shared"), Store(tiny_run, "shared")
     tables = remote.done_tables()
     assert tables == {t: [r for r in rs if r <= 2] for t, rs in local.done_tables().items() if min(rs) <= 2}
@@ -161,3 +179,20 @@ def test_a_build_on_s3_gives_the_rows_of_a_local_build(s3_server, tiny_run, tmp_
     again = run_cli("build", "round=2", "recipe=tiny", f"runs_dir={uri}", "run=shared").stderr
     assert "run 'shared' is already built to round 2: nothing to do" in again
     assert os.environ["AWS_ACCESS_KEY_ID"] == "alma-test"
+
+
+def test_an_unreachable_store_says_what_to_check(tmp_path, monkeypatch):
+    import socket
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(k, v)
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"s3://alma-test/runs?endpoint_override=127.0.0.1:{port}&scheme=http"
+    proc = run_cli("status", f"runs_dir={uri}", "run=r", check=False)
+    assert proc.returncode == 2
+    assert "the runs folder s3://alma-test/runs could not be read or written" in proc.stderr
+    assert "AWS_ACCESS_KEY_ID" in proc.stderr and "Traceback" not in proc.stderr

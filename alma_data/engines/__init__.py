@@ -29,10 +29,12 @@ def load_engine(kind: str, model_path: str, *, dtype: str = "auto", batch_rows: 
     a server-backed engine maps them to a served model. ``options`` is the recipe's
     section for the backend (``recipe.vllm``, ``recipe.openai``).
     """
-    if kind in ("transformers", "vllm"):
-        from alma_data.store import local_model_path
+    from alma_data.models import EMBEDDED, resolve
+    from alma_data.store import local_model_path
 
-        model_path = local_model_path(model_path)  # a remote run's checkpoint: a local copy, made once
+    # On the machine that opens the engine (a Ray worker on another node, say): an embedded
+    # model is unpacked there, and a remote run's checkpoint is copied there once.
+    model_path = local_model_path(resolve(model_path) if model_path in EMBEDDED else str(model_path))
     if kind == "transformers":
         from alma_data.engines.transformers_engine import TransformersEngine
 

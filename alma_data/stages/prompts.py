@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import random
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -21,9 +22,11 @@ import pyarrow as pa
 from alma_data import schemas
 from alma_data.engines import SamplingParams
 from alma_data.ids import normalize_text, prompt_id, seed_int, stable_id
-from alma_data.models import resolve
+from alma_data.executors import EngineSpec, ShardJob, ShardRun
+from alma_data.models import EMBEDDED, resolve
 from alma_data.sql import register_parquet, run_sql
 from alma_data.stages.base import Context, config_hash
+from alma_data.stages.responses import executor_for
 from alma_data.store import TableRef, write_table
 
 FEW_SHOT_HEAD = "Here are some requests that users sent to an AI assistant.\n\n"
@@ -76,6 +79,37 @@ def parse_candidate(text: str, finish_reason: str, shots: list[str], min_words: 
     return cut, "ok"
 
 
+@dataclass(frozen=True)
+class CandidateShard:
+    """One shard of prompt synthesis: a few-shot prompt per candidate, one sample each."""
+
+    round: int
+    first: int
+    """Index of the shard's first candidate."""
+    shot_sets: list[list[str]]
+    seed: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    min_words: int
+    max_words: int
+    keep_truncated: bool
+
+
+def candidate_shard(engine, shard: CandidateShard, progress=None) -> list[dict]:
+    """Rows of one shard of prompt candidates; every executor runs this same function."""
+    params = SamplingParams(n=1, temperature=shard.temperature, top_p=shard.top_p,
+                            max_new_tokens=shard.max_new_tokens, stop=[DELIMITER], seed=shard.seed)
+    samples = engine.generate([few_shot_prompt(s) for s in shard.shot_sets], params, progress=progress)
+    rows = []
+    for j, shots, (sample,) in zip(range(shard.first, shard.first + len(shard.shot_sets)), shard.shot_sets, samples):
+        text, status = parse_candidate(sample.text, sample.finish_reason, shots,
+                                       shard.min_words, shard.max_words, shard.keep_truncated)
+        rows.append({"candidate_id": stable_id("candidate", shard.round, j), "prompt_id": prompt_id(text) if text else "",
+                     "prompt": text, "shots": [prompt_id(s) for s in shots], "status": status})
+    return rows
+
+
 def synthesize_candidates(ctx: Context, round: int) -> None:
     recipe, store = ctx.recipe, ctx.store
     cfg = recipe.prompts
@@ -91,33 +125,26 @@ def synthesize_candidates(ctx: Context, round: int) -> None:
         n_shards = -(-n_candidates // per_shard)
         writer.expect(n_shards)
         todo = [i for i in range(n_shards) if i not in writer.done_shards()]
-        engine = None
-        if todo:
-            engine = ctx.open_engine(resolve(recipe.model), name="base")
-            with ctx.progress(sum(min(per_shard, n_candidates - i * per_shard) for i in todo),
+        shards = []
+        for shard in todo:
+            ids = range(shard * per_shard, min(n_candidates, (shard + 1) * per_shard))
+            shot_sets = []
+            for j in ids:
+                rng = random.Random(seed_int(recipe.seed, round, "shots", j))
+                shot_sets.append(rng.sample(seeds, min(len(seeds), rng.randint(cfg.shots_min, cfg.shots_max))))
+            shards.append((shard, CandidateShard(round, ids.start, shot_sets, seed_int(recipe.seed, round, "candidates", shard),
+                                                 cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.min_words,
+                                                 cfg.max_words, cfg.keep_truncated)))
+        ran = ShardRun(executor=recipe.executor)
+        if shards:
+            # An embedded model is named, not its local folder: each worker unpacks it where it runs.
+            model = recipe.model if recipe.model in EMBEDDED else resolve(recipe.model)
+            with ctx.progress(sum(len(sh.shot_sets) for _, sh in shards),
                               f"writing prompt candidates (round {round})", "prompt") as bar:
-                for shard in todo:
-                    ids = range(shard * per_shard, min(n_candidates, (shard + 1) * per_shard))
-                    shot_sets = []
-                    for j in ids:
-                        rng = random.Random(seed_int(recipe.seed, round, "shots", j))
-                        shot_sets.append(rng.sample(seeds, min(len(seeds), rng.randint(cfg.shots_min, cfg.shots_max))))
-                    params = SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p,
-                                            max_new_tokens=cfg.max_new_tokens, stop=[DELIMITER],
-                                            seed=seed_int(recipe.seed, round, "candidates", shard))
-                    samples = engine.generate([few_shot_prompt(s) for s in shot_sets], params, progress=bar)
-                    rows = []
-                    for j, shots, (sample,) in zip(ids, shot_sets, samples):
-                        text, status = parse_candidate(sample.text, sample.finish_reason, shots,
-                                                       cfg.min_words, cfg.max_words, cfg.keep_truncated)
-                        rows.append({"candidate_id": stable_id("candidate", round, j), "prompt_id": prompt_id(text) if text else "",
-                                     "prompt": text, "shots": [prompt_id(s) for s in shots], "status": status})
-                    writer.write_shard(shard, rows)
-        m = writer.finish(expected_shards=n_shards, model=recipe.model)
-        rate = f"{engine.stats.tokens_per_second:.0f} tok/s" if engine else ""
-        if engine:
-            engine.close()
-        info.update(rows=m["rows"], rate=rate)
+                ran = executor_for(ctx).run(candidate_shard, [ShardJob(EngineSpec(model, name="base"), shards)],
+                                            writer, bar)
+        m = writer.finish(expected_shards=n_shards, model=recipe.model, run_by=ran.provenance())
+        info.update(rows=m["rows"], rate=ran.rate("tokens") if shards else "")
 
 
 def used_prompt_files(ctx: Context, round: int) -> list[str]:
