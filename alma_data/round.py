@@ -126,6 +126,11 @@ def build(recipe: Recipe, store: Store, target_round: int, *, force: bool = Fals
     if target_round > recipe.rounds + 1:
         raise BuildError(f"round={target_round}: recipe {recipe.name} has rounds={recipe.rounds} feedback rounds "
                          f"(rounds 1..{recipe.rounds + 1}); raise it with rounds={target_round - 1}")
+    with store.build_lock():
+        return _build(recipe, store, target_round, force=force, quiet=quiet)
+
+
+def _build(recipe: Recipe, store: Store, target_round: int, *, force: bool, quiet: bool) -> Context:
     check_run(store, recipe, force)
     ctx = Context(store, recipe, quiet=quiet)
     t0 = time.time()

@@ -26,10 +26,11 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -204,6 +205,34 @@ class Store:
 
     def where(self) -> str:
         return self.url(self._root)
+
+    @contextmanager
+    def build_lock(self) -> Iterator[None]:
+        """Held while a build writes the run, so a second build of the same run on this machine
+        stops with a message instead of writing over the first. (For a run in an object store
+        the lock is in this machine's cache: builds from two machines are not kept apart.)"""
+        import fcntl
+        import socket
+
+        path = self.local_root / ".build.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise StoreError(f"run {self.run!r} ({self.where()}) is being built by {holder}; wait for that build to "
+                             "end (or stop it), then run the same command again: it goes on from what is written")
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            f.flush()
+            yield
+        finally:
+            f.close()  # closing the file releases the lock; a killed build's lock goes with its process
 
     # -- small files ----------------------------------------------------------------------
     def _read_json(self, path: str) -> Any | None:

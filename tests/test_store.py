@@ -1,4 +1,5 @@
 
+import os
 import duckdb
 import pyarrow as pa
 import pytest
@@ -100,3 +101,33 @@ def test_bad_run_names_are_refused(tmp_path):
         Store(tmp_path, "../escape")
     with pytest.raises(StoreError, match="no run"):
         Store(tmp_path, "missing").read_run()
+
+
+def test_a_second_build_of_a_run_stops_while_the_first_holds_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import run_cli
+
+    store = Store(tmp_path, "tiny")
+    with store.build_lock():
+        proc = run_cli("build", "round=1", "recipe=tiny", f"runs_dir={tmp_path}", "run=tiny", check=False)
+        assert proc.returncode == 2
+        assert f"is being built by pid {os.getpid()}" in proc.stderr and "run the same command again" in proc.stderr
+        assert not store.exists()  # it stopped before writing anything
+    # A build killed while holding the lock leaves no lock behind.
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from alma_data.store import Store\n"
+        f"with Store({str(tmp_path)!r}, 'tiny').build_lock():\n"
+        "    print('held', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(StoreError, match=f"pid {holder.pid}"):
+        with store.build_lock():
+            pass
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    t0 = time.time()
+    with store.build_lock():
+        assert time.time() - t0 < 5
