@@ -66,6 +66,10 @@ class TrainConfig:
     m1_seeds: list[int] = field(default_factory=lambda: [1, 2])
     """Round 1 trains one SFT checkpoint per seed: m1a, m1b, ..."""
     dpo_beta: float = 0.1
+    save_steps: int = 0
+    """Every this many optimiser steps, save the trainer's state (weights, optimiser, data
+    order) so a killed build resumes training from there (0: no intermediate saves; a killed
+    training starts over). Applies to every trainer of the build, the judge's too."""
 
 
 @dataclass
@@ -246,7 +250,7 @@ class Recipe:
 
 
 EXECUTION_KEYS = (
-    "executor", "ray", "vllm",
+    "executor", "ray", "vllm", "train.save_steps",
     "openai.base_url", "openai.api_key_env", "openai.max_concurrency", "openai.timeout",
     "openai.max_retries", "openai.cache",
 )

@@ -23,6 +23,8 @@ class TrainSpec:
     warmup_ratio: float = 0.05
     bf16: bool = False
     seed: int = 0
+    save_steps: int = 0
+    """Save the trainer's state every this many steps (0: never), for resuming."""
 
 
 def load_base(model_path: str):
@@ -78,16 +80,37 @@ def common_args(spec: TrainSpec, out_dir: Path, n_examples: int) -> dict[str, An
         use_cpu=not torch.cuda.is_available(),
         seed=spec.seed,
         data_seed=spec.seed,
-        save_strategy="no",
+        save_strategy="steps" if spec.save_steps > 0 else "no",
+        save_steps=spec.save_steps if spec.save_steps > 0 else 500,
+        save_total_limit=1,  # only the newest resume point
         report_to="none",
         logging_steps=max(1, min(10, n_examples // max(1, spec.batch_size) // 4)),
     )
 
 
+def last_complete_save(folder: Path) -> Path | None:
+    """The newest ``checkpoint-N`` the trainer finished saving (its ``trainer_state.json`` is
+    written last); newer ones cut short by a kill are removed."""
+    if not folder.is_dir():
+        return None
+    saves = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()),
+                   key=lambda p: int(p.name.split("-", 1)[1]), reverse=True)
+    for p in saves:
+        try:
+            json.loads((p / "trainer_state.json").read_text())
+            return p
+        except (OSError, ValueError):  # missing, or cut short mid-write
+            shutil.rmtree(p, ignore_errors=True)
+    return None
+
+
 def run_and_save(trainer, tokenizer, out_dir: Path, spec: TrainSpec, base: str, n_examples: int,
                  log: Callable[[str], None], kind: str) -> dict[str, Any]:
     t0 = time.time()
-    result = trainer.train()
+    resume = last_complete_save(out_dir / "_trainer")
+    if resume:
+        log(f"  {kind}: resuming from {resume.name} (saved before the last stop)")
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - t0
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))

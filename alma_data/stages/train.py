@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -31,11 +32,18 @@ def _train_checkpoint(ctx: Context, round: int, name: str, h: str, inputs: list[
             info.update(skipped=True, rows=done["training"]["examples"])
             return
         tmp = store.checkpoint_staging(round, name)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        # A training stopped with the same inputs and configuration resumes from its last
+        # saved state (train.save_steps); anything else in the staging folder is stale.
+        marker = {"config_hash": h, "inputs": input_hashes, "base": base}
+        resumable = tmp / "_resume.json"
+        if not (resumable.is_file() and json.loads(resumable.read_text()) == marker):
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            resumable.write_text(json.dumps(marker))
         dataset = make_dataset()
         ctx.log(f"  training {name} from {base} on {len(dataset)} examples")
         summary = trainer(local_model_path(base), dataset, tmp, spec, log=ctx.log, render_prompt=render)
+        resumable.unlink()
         store.commit_checkpoint(tmp, round, name, {
             "config_hash": h, "inputs": input_hashes, "base_model": ctx.recipe.model, "started_from": base,
             "training": summary,
@@ -49,7 +57,8 @@ def _policy_spec(ctx: Context, seed: int):
     t = ctx.recipe.train
     return TrainSpec(epochs=t.epochs, learning_rate=t.learning_rate, batch_size=t.batch_size,
                      gradient_accumulation=t.gradient_accumulation, max_length=t.max_length,
-                     max_steps=t.max_steps, warmup_ratio=t.warmup_ratio, bf16=t.bf16, seed=seed)
+                     max_steps=t.max_steps, warmup_ratio=t.warmup_ratio, bf16=t.bf16, seed=seed,
+                     save_steps=t.save_steps)
 
 
 def train_policy(ctx: Context, round: int, name: str, seed: int, sft_tables: list[TableRef]) -> None:
@@ -82,7 +91,7 @@ def train_judge(ctx: Context, round: int, name: str, tables: list[TableRef],
     j, scale = ctx.recipe.judge, ctx.recipe.judge.scale
     spec = TrainSpec(epochs=j.epochs, learning_rate=j.learning_rate, batch_size=j.batch_size,
                      max_length=j.max_length, max_steps=j.max_steps, bf16=ctx.recipe.train.bf16,
-                     seed=ctx.recipe.seed)
+                     seed=ctx.recipe.seed, save_steps=ctx.recipe.train.save_steps)
     base = ctx.store.checkpoint_location(*start) if start else resolve(ctx.recipe.model)
     h = config_hash(ctx.recipe, *JUDGE_KEYS, start=ctx.store.checkpoint_manifest_hash(*start) if start else "")
 
