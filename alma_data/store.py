@@ -448,6 +448,7 @@ class Store:
 
         if self.fs.exists(final):
             self.fs.rm(final, recursive=True)
+        self.fs.makedirs(final, exist_ok=True)
         pafs.copy_files(str(tmp_dir), final, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=self.arrow_fs, use_threads=True)
         self._write_json(_join(final, MANIFEST), manifest)  # last: the checkpoint exists from here on
@@ -523,10 +524,12 @@ def local_model_path(ref: str) -> str:
             raise StoreError(f"{loc.url(loc.base)}: {f['file']} came down with "
                              f"{got.stat().st_size if got.is_file() else 'no'} bytes, not {f['bytes']}; run again")
     write_json_atomic(tmp / MANIFEST, manifest)
-    if dest.exists():  # another process finished the same copy first
-        shutil.rmtree(tmp)
-    else:
+    try:
         os.replace(tmp, dest)
+    except OSError:
+        if not (dest / MANIFEST).is_file():
+            raise
+        shutil.rmtree(tmp)  # another process on this machine (a second worker) finished the same copy first
     return str(dest)
 
 

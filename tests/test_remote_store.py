@@ -122,6 +122,24 @@ def test_checkpoints_are_copied_down_once_and_checked(s3_server, tmp_path, monke
         local_model_path(store.checkpoint_location(1, "missing"))
 
 
+def test_two_workers_copying_one_checkpoint_at_once_agree(s3_server, tmp_path, monkeypatch, tiny_model):
+    import shutil
+
+    monkeypatch.setenv("ALMA_DATA_CACHE", str(tmp_path / "trainer"))
+    store = Store(s3_server(), "r")
+    staging = store.checkpoint_staging(1, "m")
+    shutil.copytree(tiny_model, staging)
+    where = store.commit_checkpoint(staging, 1, "m", {"config_hash": "h"})
+    monkeypatch.setenv("ALMA_DATA_CACHE", str(tmp_path / "node"))  # a node that has no copy yet
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        got = pool.map(local_model_path, [where] * 3)
+    assert len(set(got)) == 1
+    copy = Path(got[0])
+    assert sorted(p.name for p in copy.parent.iterdir()) == [copy.name]  # no temporary folder left
+    for f in store.checkpoint_manifest(1, "m")["files"]:
+        assert (copy / f["file"]).read_bytes() == (Path(tiny_model) / f["file"]).read_bytes()
+
+
 def test_a_bad_uri_names_the_fix(tmp_path):
     with pytest.raises(StoreError, match="name a bucket"):
         Store("s3://", "r")
