@@ -387,3 +387,27 @@ def tied_views(tmp_path_factory):
 @pytest.mark.parametrize("name,params", SELECTION_CASES)
 def test_the_selection_sql_matches_the_reference_where_ties_are_the_rule(tied_views, name, params):
     assert len(same_rows_as_the_reference(tied_views, name, params)) > 50
+
+
+def test_judge_quality_is_the_same_to_the_last_digit_every_time(tmp_path):
+    """The metrics are float aggregates: computed twice, they must agree bit for bit, or two
+    builds of one recipe write judge_quality tables with different bytes and hashes."""
+    from alma_data import schemas
+    from alma_data.stages.judge import judge_quality_rows
+    from alma_data.store import Store, write_table
+
+    rng = np.random.default_rng(0)
+    n = 60_000  # enough rows for DuckDB to split the work over threads
+    human = rng.integers(0, 11, n)
+    score = np.clip(human + rng.normal(0, 2.5, n), 0, 10)
+    rows = [{"annotation_id": f"a{i}", "prompt_id": f"p{i // 3}", "human_score": int(h), "score": float(s),
+             "score_int": int(round(s)), "probs": [0.0] * 11, "judge": "judge"}
+            for i, (h, s) in enumerate(zip(human, score))]
+    store = Store(tmp_path, "r")
+    write_table(store, 1, "judge_eval", rows, config_hash="h", schema=schemas.JUDGE_EVAL, shard_rows=5_000)
+    first = judge_quality_rows(store, 1, "judge_eval", "judge")
+    assert {q["metric"] for q in first} == {"pairwise_accuracy_real", "pairwise_accuracy_int", "spearman_real",
+                                            "spearman_int", "mean_abs_error_real"}
+    assert 0.5 < next(q["value"] for q in first if q["metric"] == "spearman_real") < 1
+    for _ in range(8):
+        assert judge_quality_rows(store, 1, "judge_eval", "judge") == first

@@ -174,12 +174,9 @@ def test_a_build_on_s3_gives_the_rows_of_a_local_build(s3_server, tiny_run, tmp_
     assert tables == {t: [r for r in rs if r <= 2] for t, rs in local.done_tables().items() if min(rs) <= 2}
     for table, rounds in tables.items():
         for r in rounds:
-            a, b = remote.read(r, table), local.read(r, table)
-            if table == "judge_quality":  # DuckDB aggregates: equal up to the order of float sums
-                assert a.column("metric").to_pylist() == b.column("metric").to_pylist()
-                assert a.column("value").to_pylist() == pytest.approx(b.column("value").to_pylist(), nan_ok=True)
-            else:
-                assert a.equals(b), f"round={r}/{table} differs between the S3 and the local build"
+            # byte-identical shards, judge_quality's float aggregates included
+            shas = [[s["sha256"] for s in store.manifest(r, table)["shards"]] for store in (remote, local)]
+            assert shas[0] == shas[1], f"round={r}/{table} differs between the S3 and the local build"
     for rnd, name in [(1, "m1a"), (1, "m1b"), (1, "judge"), (2, "m2"), (2, "judge")]:
         assert remote.checkpoint_done(rnd, name)
     keys = s3_files(uri)

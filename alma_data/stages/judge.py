@@ -32,6 +32,17 @@ def open_judge(ctx: Context, round: int, name: str = "judge") -> Engine:
     return ctx.open_engine(ctx.store.checkpoint_location(round, name), name=name, round=round, role="score")
 
 
+def judge_quality_rows(store, round: int, table: str, judge: str) -> list[dict]:
+    """``sql/judge_quality.sql`` over a judge_eval table. On one DuckDB thread: with several,
+    float sums add up in whatever order the threads finish, and the metrics (so the table's
+    bytes and hash) changed in their last digits from one build to the next."""
+    con = store.connect()
+    con.execute("SET threads = 1")
+    register_parquet(con, "judge_eval_rows", store.files(round, table))
+    return [{"judge": judge, "metric": m, "value": None if v is None else float(v), "n": int(n)}
+            for m, v, n in run_sql(con, "judge_quality").fetchall()]
+
+
 def judge_eval(ctx: Context, round: int, judge: str) -> None:
     """Score the held-out annotations with a judge checkpoint; write judge_eval and judge_quality."""
     store, recipe = ctx.store, ctx.recipe
@@ -66,11 +77,7 @@ def judge_eval(ctx: Context, round: int, judge: str) -> None:
         else:
             rate = ""
         manifest = writer.finish(expected_shards=n_shards, judge_checkpoint=store.checkpoint_location(round, judge))
-        con = store.connect()
-        register_parquet(con, "judge_eval_rows", store.files(round, table))
-        metrics = run_sql(con, "judge_quality").fetchall()
-        quality = [{"judge": judge, "metric": m, "value": None if v is None else float(v), "n": int(n)}
-                   for m, v, n in metrics]
+        quality = judge_quality_rows(store, round, table, judge)
         write_table(store, round, "judge_quality", quality, config_hash=h, schema=schemas.JUDGE_QUALITY,
                     inputs=[TableRef(round, table)])
         info.update(rows=manifest["rows"], rate=rate)
