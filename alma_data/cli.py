@@ -202,9 +202,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from alma_data.report import build_report
 
     special, _, _ = _split_assignments(args.assignments, {"run", "runs_dir"})
-    out = build_report(_store_from(special))
+    store = _store_from(special)
+    out = build_report(store)
     pngs = sorted(p.name for p in out.glob("*.png"))
     print(f"wrote {out}/report.md and report.html with {len(pngs)} plots: {', '.join(pngs)}", file=sys.stderr)
+    if store.remote:
+        print(f"copied into {store.where()}/report", file=sys.stderr)
     return 0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from alma_data.store import Store, StoreError, list_runs, local_model_path, parse_location, write_table
@@ -190,6 +191,11 @@ def test_a_build_on_s3_gives_the_rows_of_a_local_build(s3_server, tiny_run, tmp_
     status = run_cli("status", f"runs_dir={uri}", "run=shared").stdout
     assert "round 2: done" in status and "s3://alma-test/" in status
     assert run_cli("runs", f"runs_dir={uri}").stdout.startswith("shared")
+    report = run_cli("report", f"runs_dir={uri}", "run=shared").stderr
+    assert "copied into s3://alma-test/" in report and "shared/report/report.html" in s3_files(uri)
+    pub = run_cli("publish", f"runs_dir={uri}", "run=shared", "repo=me/alma-test", f"to={tmp_path / 'pub'}").stderr
+    assert "nothing uploaded" in pub
+    assert pq.read_table(tmp_path / "pub" / "sft" / "round-002.parquet").num_rows == local.manifest(2, "sft")["rows"]
     # A second build finds everything done in the bucket.
     again = run_cli("build", "round=2", "recipe=tiny", f"runs_dir={uri}", "run=shared").stderr
     assert "run 'shared' is already built to round 2: nothing to do" in again
