@@ -251,13 +251,14 @@ class Store:
     def _isfile(self, path: str) -> bool:
         return self.fs.isfile(path)
 
-    def _names(self, folder: str) -> list[str]:
-        """Names of the files directly in ``folder`` (none when it does not exist)."""
+    def _names(self, folder: str, kind: str = "file") -> list[str]:
+        """Names of the files (or, with ``kind="directory"``, folders) directly in ``folder``;
+        none when it does not exist."""
         try:
             entries = self.fs.ls(folder, detail=True)
         except FileNotFoundError:
             return []
-        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "file")
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == kind)
 
     def read_json(self, relpath: str) -> Any | None:
         """A JSON file of the run (``publish.json`` ...), or None."""
@@ -312,12 +313,8 @@ class Store:
 
     def rounds_present(self) -> list[int]:
         """Rounds that have a folder in the run (finished or not)."""
-        try:
-            entries = self.fs.ls(self._root, detail=True)
-        except FileNotFoundError:
-            return []
-        names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"]
-        return sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"round=(\d+)", n)))
+        return sorted(int(m.group(1)) for n in self._names(self._root, "directory")
+                      if (m := re.fullmatch(r"round=(\d+)", n)))
 
     # -- tables ---------------------------------------------------------------------------
     def _table(self, round: int, table: str) -> str:
@@ -454,12 +451,13 @@ class Store:
         self._write_json(_join(final, MANIFEST), manifest)  # last: the checkpoint exists from here on
         # Keep the trained folder as this machine's copy, so loading it needs no download.
         write_json_atomic(tmp_dir / MANIFEST, manifest)
-        dest = _checkpoint_cache(self.checkpoint_location(round, name), manifest["hash"])
+        location = self.checkpoint_location(round, name)
+        dest = _checkpoint_cache(location, manifest["hash"])
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp_dir, dest)
-        return self.checkpoint_location(round, name)
+        return location
 
     # -- SQL ------------------------------------------------------------------------------
     def connect(self, database: str = ":memory:"):
@@ -533,7 +531,7 @@ def local_model_path(ref: str) -> str:
     return str(dest)
 
 
-def write_shard_file(fs, arrow_fs, dir: str, index: int, rows: pa.Table | list[dict[str, Any]],
+def write_shard_file(arrow_fs, dir: str, index: int, rows: pa.Table | list[dict[str, Any]],
                      schema: pa.Schema, remote: bool) -> int:
     """Write ``part-<index>`` of a table. Locally to a temporary name, then renamed into place;
     on an object store straight to its name (an object is written whole or not at all)."""
@@ -575,8 +573,7 @@ class ShardSink:
                 f"{self.dir} does not exist on {socket.gethostname()}: workers write shards into the runs folder "
                 "directly, so runs_dir must be a filesystem every worker sees: the same mounted path (e.g. NFS) "
                 "or an object store URI (e.g. s3://bucket/runs)")
-        return write_shard_file(fsspec_filesystem(loc), arrow_filesystem(loc), self.dir, index, rows,
-                                self.schema, loc.remote)
+        return write_shard_file(arrow_filesystem(loc), self.dir, index, rows, self.schema, loc.remote)
 
 
 class TableWriter:
@@ -598,14 +595,15 @@ class TableWriter:
         fs.makedirs(self._dir, exist_ok=True)
         state_key = {"config_hash": config_hash, "inputs": self.inputs}
         state_path = _join(self._dir, STATE)
-        if store._read_json(state_path) != state_key:
-            # Shards from another configuration or other inputs are not resume points.
-            for name in store._names(self._dir):
+        names = store._names(self._dir)
+        stale = store._read_json(state_path) != state_key
+        # Shards from another configuration or other inputs are not resume points; a
+        # temporary file is a shard some killed writer never finished.
+        for name in names:
+            if stale or (name.startswith(".") and name.endswith(".tmp")):
                 fs.rm_file(_join(self._dir, name))
+        if stale:
             store._write_json(state_path, state_key)
-        for name in store._names(self._dir):
-            if name.startswith(".") and name.endswith(".tmp"):
-                fs.rm_file(_join(self._dir, name))
 
     @property
     def done(self) -> bool:
@@ -624,7 +622,7 @@ class TableWriter:
 
     def write_shard(self, index: int, rows: pa.Table | list[dict[str, Any]]) -> int:
         s = self.store
-        return write_shard_file(s.fs, s.arrow_fs, self._dir, index, rows, self.schema, s.remote)
+        return write_shard_file(s.arrow_fs, self._dir, index, rows, self.schema, s.remote)
 
     def sink(self) -> "ShardSink":
         """What a worker process needs to write this table's shards (never its manifest)."""
