@@ -9,23 +9,7 @@ import numpy as np
 import torch
 
 from alma_data.engines.base import Engine, Sample, SamplingParams, cut_at_stop
-
-
-def pick_dtype(name: str) -> torch.dtype:
-    if name == "float32":
-        return torch.float32
-    if name == "bfloat16":
-        return torch.bfloat16
-    if torch.cuda.is_available():
-        return torch.bfloat16
-    # bf16 only pays on CPUs with native bf16 arithmetic; elsewhere it is emulated and slow.
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        pass
-    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+from alma_data.precision import pick_dtype
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> torch.Tensor:

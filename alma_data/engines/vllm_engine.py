@@ -67,6 +67,8 @@ class VLLMEngine(Engine):
         import torch
         from transformers import AutoTokenizer
 
+        from alma_data.precision import bf16_native
+
         if not torch.cuda.is_available():
             raise RuntimeError("engine=vllm needs a CUDA GPU and none is visible here; "
                                "use engine=transformers on a CPU machine")
@@ -75,9 +77,9 @@ class VLLMEngine(Engine):
         kwargs = dict(
             model=self.model_path,
             tokenizer=self.model_path,
-            # "auto" would run a checkpoint saved in float32 in float16 (vLLM's rule for
-            # float32 configs); GPUs want bf16.
-            dtype="bfloat16" if dtype == "auto" else dtype,
+            # vLLM's own "auto" would run a checkpoint saved in float32 in float16 (its rule for
+            # float32 configs); ours is bf16 where the GPU has it (alma_data/precision.py).
+            dtype=("bfloat16" if bf16_native("cuda") else "float16") if dtype == "auto" else dtype,
             tensor_parallel_size=opts.tensor_parallel_size,
             gpu_memory_utilization=opts.gpu_memory_utilization,
             enable_prefix_caching=opts.enable_prefix_caching,

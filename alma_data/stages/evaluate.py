@@ -58,4 +58,8 @@ def evaluate_round(ctx: Context, round: int) -> None:
                 for p, a, pr, s, si in zip(prompts, answers, probs, score, score_int)]
         m = write_table(store, round, "eval", rows, config_hash=h, schema=EVAL, inputs=inputs,
                         mean_score=float(np.mean(score)) if len(rows) else None)
+        if rows:
+            best = max(rows, key=lambda r: r["score"])
+            ctx.show_example(f"{mname} on a held-out prompt", best["prompt"], best["response"], best["score"],
+                             f"select prompt, response, score from eval where round = {round}")
         info.update(rows=m["rows"], rate=f"{rate}; mean held-out score {m['mean_score']:.3f}" if rows else rate)

@@ -61,4 +61,8 @@ def select_data(ctx: Context, round: int) -> None:
             m = write_table(store, round, table, result.select(schema.names).cast(schema), config_hash=h,
                             schema=schema, inputs=inputs, sql=f"sql/select_picks.sql + sql/{sql_name}.sql",
                             params={**picks, **params})
+            if table == "sft" and result.num_rows:
+                top = max(result.select(["prompt", "response", "score"]).to_pylist(), key=lambda r: r["score"])
+                ctx.show_example(f"best of n for a round-{round} prompt", top["prompt"], top["response"],
+                                 top["score"], f"select prompt, response, score from sft where round = {round}")
             info.update(rows=m["rows"])

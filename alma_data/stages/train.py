@@ -7,6 +7,7 @@ import math
 import shutil
 
 from alma_data.models import resolve
+from alma_data.precision import describe, resolve_bf16
 from alma_data.prompting import judge_question, judge_target, render_chat
 from alma_data.stages.base import Context, config_hash
 from alma_data.store import TableRef, local_model_path
@@ -41,14 +42,29 @@ def _train_checkpoint(ctx: Context, round: int, name: str, h: str, inputs: list[
             tmp.mkdir(parents=True)
             resumable.write_text(json.dumps(marker))
         dataset = make_dataset()
-        ctx.log(f"  training {name} from {base} on {len(dataset)} examples")
+        precision = _precision(ctx, spec)
+        ctx.log(f"  training {name} from {base} on {len(dataset)} examples in {precision['dtype']} "
+                f"({precision['why']})")
         summary = trainer(local_model_path(base), dataset, tmp, spec, log=ctx.log, render_prompt=render)
         resumable.unlink()
         store.commit_checkpoint(tmp, round, name, {
             "config_hash": h, "inputs": input_hashes, "base_model": ctx.recipe.model, "started_from": base,
-            "training": summary,
+            "training": summary, "precision": precision,
         })
         info.update(rows=summary["examples"], rate=f"{summary['examples_seen'] / max(summary['seconds'], 1e-9):.2f} examples/s")
+
+
+def _precision(ctx: Context, spec) -> dict:
+    """What the checkpoint's manifest says about the precision it was trained in, and why."""
+    setting = ctx.recipe.train.bf16
+    info = describe()
+    dtype = "bfloat16" if spec.bf16 else "float32"
+    if setting == "auto":
+        why = (f"train.bf16=auto: {info['device_name']} computes bf16 natively" if info["bf16_native"] else
+               f"train.bf16=auto: {info['device_name']} has no native bf16, where it is emulated and slow")
+    else:
+        why = f"train.bf16={str(setting).lower()}"
+    return {"dtype": dtype, "setting": setting, "why": why, **info}
 
 
 def _policy_spec(ctx: Context, seed: int):
@@ -57,7 +73,7 @@ def _policy_spec(ctx: Context, seed: int):
     t = ctx.recipe.train
     return TrainSpec(epochs=t.epochs, learning_rate=t.learning_rate, batch_size=t.batch_size,
                      gradient_accumulation=t.gradient_accumulation, max_length=t.max_length,
-                     max_steps=t.max_steps, warmup_ratio=t.warmup_ratio, bf16=t.bf16, seed=seed,
+                     max_steps=t.max_steps, warmup_ratio=t.warmup_ratio, bf16=resolve_bf16(t.bf16), seed=seed,
                      save_steps=t.save_steps)
 
 
@@ -90,7 +106,7 @@ def train_judge(ctx: Context, round: int, name: str, tables: list[TableRef],
 
     j, scale = ctx.recipe.judge, ctx.recipe.judge.scale
     spec = TrainSpec(epochs=j.epochs, learning_rate=j.learning_rate, batch_size=j.batch_size,
-                     max_length=j.max_length, max_steps=j.max_steps, bf16=ctx.recipe.train.bf16,
+                     max_length=j.max_length, max_steps=j.max_steps, bf16=resolve_bf16(ctx.recipe.train.bf16),
                      seed=ctx.recipe.seed, save_steps=ctx.recipe.train.save_steps)
     base = ctx.store.checkpoint_location(*start) if start else resolve(ctx.recipe.model)
     h = config_hash(ctx.recipe, *JUDGE_KEYS, start=ctx.store.checkpoint_manifest_hash(*start) if start else "")
