@@ -29,6 +29,7 @@ EPILOG = """examples:
   alma-data query run=default --format csv --out scores.csv "select * from judge_eval"
   alma-data tables run=default                             # tables, columns, rows
   alma-data status run=default                             # done / partial / missing, and how to resume
+  alma-data verify run=default                             # sha256 of every shard and checkpoint file
   alma-data report run=default                             # plots and report.html in the run folder
   alma-data publish run=default repo=me/alma --dry-run     # the folder the Hub would get
   alma-data runs                                           # runs in data/runs
@@ -160,6 +161,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from alma_data.integrity import repair_command, verify_run
+
+    special, unknown, rest = _split_assignments(args.assignments, {"run", "runs_dir", "threads"})
+    if unknown or rest:
+        raise RecipeError(f"verify does not take {sorted(unknown) or rest}; it takes run=NAME, runs_dir=DIR, threads=N")
+    try:
+        threads = int(special.get("threads", "4"))
+    except ValueError:
+        raise RecipeError(f"threads must be a whole number, got {special['threads']!r}") from None
+    store = _store_from(special)
+    report = verify_run(store, threads=threads, progress=not args.quiet)
+    for d in report.damage:
+        print(f"damaged: {d}")
+    print(report.summary())
+    if report.damage:
+        print(f"repair: {repair_command(store)}   (writes again what is damaged and what was built from it)")
+        return 1
+    return 0
+
+
 def _bool(value: str, key: str) -> bool:
     if value.lower() in ("true", "yes", "1"):
         return True
@@ -252,6 +274,14 @@ def parser() -> argparse.ArgumentParser:
                             epilog=f"example:\n  {example}")
         sp.add_argument("assignments", nargs="*", metavar=metavar)
         sp.set_defaults(func=func)
+    v = sub.add_parser("verify", help="check every shard and checkpoint file of a run against its manifest (sha256)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Exits 1 naming each damaged file (missing, cut short, changed bytes, unreadable "
+                              "manifest);\na build of the run repairs them. threads=N hashes N files at once "
+                              "(default 4).\n\nexample:\n  alma-data verify run=default runs_dir=data/runs")
+    v.add_argument("assignments", nargs="*", metavar="run=NAME")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(func=cmd_verify)
     pb = sub.add_parser("publish", help="publish a run to the Hugging Face Hub as one dataset (or a folder)",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="keys: repo=ORG/NAME (required), run=NAME, rounds=1,2, splits=sft,dpo,judge_distill,\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alma_data.config import recipe_from_dict
+from alma_data.integrity import check_checkpoint, check_table, repair_command
 from alma_data.round import round_plan
 from alma_data.store import Store
 
@@ -14,8 +15,9 @@ class Item:
     round: int
     kind: str
     name: str
-    state: str      # done | partial | missing
+    state: str      # done | damaged | partial | missing
     detail: str
+    damage: list = None  # for a damaged one: what the cheap check found (integrity.Damage)
 
 
 def run_status(store: Store) -> tuple[dict, list[Item]]:
@@ -31,6 +33,10 @@ def run_status(store: Store) -> tuple[dict, list[Item]]:
 
 
 def _item(store: Store, r: int, kind: str, name: str) -> Item:
+    # The cheap check only (sizes, footers, files touched since): `alma-data verify` hashes all.
+    damage = check_checkpoint(store, r, name) if kind == "checkpoint" else check_table(store, r, name)
+    if damage:
+        return Item(r, kind, name, "damaged", f"{len(damage)} damaged file{'s' if len(damage) > 1 else ''}", damage)
     if kind == "checkpoint":
         m = store.checkpoint_manifest(r, name)
         if m is not None:
@@ -59,12 +65,19 @@ def format_status(store: Store) -> str:
         if it.round != current:
             current = it.round
             states = {i.state for i in items if i.round == it.round}
-            head = "done" if states == {"done"} else "missing" if states == {"missing"} else "partial"
+            head = ("damaged" if "damaged" in states else "done" if states == {"done"}
+                    else "missing" if states == {"missing"} else "partial")
             lines.append(f"round {it.round}: {head}")
-        mark = {"done": "ok", "partial": "..", "missing": "--"}[it.state]
+        mark = {"done": "ok", "damaged": "!!", "partial": "..", "missing": "--"}[it.state]
         lines.append(f"  [{mark}] {it.kind:<10} {it.name:<18} {it.state:<8} {it.detail}")
+        lines += [f"         {d}" for d in it.damage or []]
+    damaged = [i for i in items if i.state == "damaged"]
     todo = [i for i in items if i.state != "done"]
-    if todo:
+    if damaged:
+        lines += ["", f"damaged: {', '.join(f'round={i.round}/' + ('checkpoints/' if i.kind == 'checkpoint' else '') + i.name for i in damaged)}. Nothing reads them until "
+                      f"they are repaired; a build writes again exactly what is damaged and what was built from it: "
+                      f"{repair_command(store)}   (alma-data verify checks every file's sha256)"]
+    elif todo:
         first = todo[0]
         lines += ["", f"next: round {first.round}, {first.kind} {first.name} ({first.state}). "
                       f"Resume with: alma-data build round={first.round} run={store.run}"]

@@ -41,10 +41,22 @@ MANIFEST = "_manifest.json"
 STATE = "_state.json"
 PROGRESS = "_progress.json"
 SHARD_RE = re.compile(r"^part-(\d{5})\.parquet$")
+# Files of a checkpoint that say how its training went, not what the model is (its seconds;
+# the trainer's pickled arguments, which differ from one training to the next even with the
+# same settings): kept and checked, but not part of the checkpoint's hash.
+CHECKPOINT_METADATA = frozenset({"training_summary.json", "training_args.bin"})
 
 
 class StoreError(RuntimeError):
     pass
+
+
+class ManifestError(StoreError):
+    """A JSON file of the store (a manifest, run.json) that cannot be read as what it should be."""
+
+    def __init__(self, path: str, url: str, problem: str):
+        super().__init__(f"{url}: {problem}")
+        self.path, self.problem = path, problem
 
 
 def file_sha256(path: Path) -> str:
@@ -183,6 +195,12 @@ class Store:
         self.fs = fsspec_filesystem(self.loc)
         self.arrow_fs = arrow_filesystem(self.loc)
         self._root = _join(self.loc.base, run)
+        self._intact: set = set()  # tables and checkpoints that passed the cheap check (integrity.py)
+
+    def cli_args(self) -> str:
+        """``run=... [runs_dir=...]``: what a command needs to name this run."""
+        where = "" if str(self.runs_dir) in ("data/runs", "data/runs/") else f" runs_dir={self.runs_dir}"
+        return f"run={self.run}{where}"
 
     def _out(self, path: str):
         return path if self.remote else Path(path)
@@ -237,9 +255,42 @@ class Store:
     # -- small files ----------------------------------------------------------------------
     def _read_json(self, path: str) -> Any | None:
         try:
-            return json.loads(self.fs.cat_file(path))
+            data = self.fs.cat_file(path)
         except FileNotFoundError:
             return None
+        try:
+            return json.loads(data)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            where = f" ({exc.msg} at line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+            raise ManifestError(path, self.url(path), f"not valid JSON{where}") from None
+
+    def _read_manifest(self, path: str, listing: str) -> dict[str, Any] | None:
+        """A table's (``listing="shards"``) or checkpoint's (``"files"``) manifest, or None."""
+        m = self._read_json(path)
+        if m is None:
+            return None
+        if not (isinstance(m, dict) and isinstance(m.get(listing), list) and isinstance(m.get("hash"), str)
+                and all(isinstance(f, dict) and isinstance(f.get("file"), str) for f in m[listing])):
+            raise ManifestError(path, self.url(path), f"not a manifest (no '{listing}' list of files and 'hash')")
+        return m
+
+    def _entries(self, folder: str) -> dict[str, dict[str, Any]]:
+        """The files directly in ``folder``: name -> size and modification time (seconds)."""
+        try:
+            found = self.fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {e["name"].rstrip("/").rsplit("/", 1)[-1]: _stat(e) for e in found if e["type"] == "file"}
+
+    def _tree(self, folder: str) -> dict[str, dict[str, Any]]:
+        """Every file under ``folder``: path relative to it -> size and modification time."""
+        try:
+            found = self.fs.find(folder, detail=True)
+        except FileNotFoundError:
+            return {}
+        prefix = folder.rstrip("/") + "/"
+        return {name[len(prefix):]: _stat(e) for name, e in found.items()
+                if e["type"] == "file" and name.startswith(prefix)}
 
     def _write_json(self, path: str, data: Any) -> None:
         if not self.remote:
@@ -324,10 +375,13 @@ class Store:
         return self._out(self._table(round, table))
 
     def manifest(self, round: int, table: str) -> dict[str, Any] | None:
-        return self._read_json(_join(self._table(round, table), MANIFEST))
+        return self._read_manifest(_join(self._table(round, table), MANIFEST), "shards")
 
     def progress(self, round: int, table: str) -> dict[str, Any] | None:
-        return self._read_json(_join(self._table(round, table), PROGRESS))
+        try:
+            return self._read_json(_join(self._table(round, table), PROGRESS))
+        except ManifestError:
+            return None  # a hint for status only
 
     def shard_names(self, round: int, table: str) -> list[str]:
         """The finished shards of a table, done or still being written."""
@@ -337,9 +391,18 @@ class Store:
         return self._isfile(_join(self._table(round, table), MANIFEST))
 
     def _files(self, round: int, table: str) -> list[str]:
-        m = self.manifest(round, table)
+        """The shards of a finished table that passes the cheap check (integrity.py): what
+        stages and queries read, so none of them reads a damaged table."""
+        from alma_data.integrity import DamageError, repair_command, require_table
+
+        try:
+            m = self.manifest(round, table)
+        except ManifestError as exc:
+            raise DamageError(f"{exc}; nothing reads round={round}/{table} until it is repaired; repair it with: "
+                              f"{repair_command(self)}") from None
         if m is None:
             raise StoreError(f"{self.where()}/round={round}/{table} is not finished (no {MANIFEST}); run the build to finish it")
+        require_table(self, round, table, m)
         return [_join(self._table(round, table), s["file"]) for s in m["shards"]]
 
     def files(self, round: int, table: str) -> list:
@@ -356,8 +419,9 @@ class Store:
     def download(self, round: int, table: str) -> list[Path]:
         """Local copies of a table's shards (the shards themselves for a local run), for readers
         that want local files, such as ``datasets.load_dataset('parquet', ...)``."""
+        files = self._files(round, table)
         if not self.remote:
-            return [Path(f) for f in self._files(round, table)]
+            return [Path(f) for f in files]
         m = self.manifest(round, table)
         folder = self.local_root / f"round={round}" / table / m["hash"]
         folder.mkdir(parents=True, exist_ok=True)
@@ -401,7 +465,7 @@ class Store:
         return self._out(self._checkpoint(round, name))
 
     def checkpoint_manifest(self, round: int, name: str) -> dict[str, Any] | None:
-        return self._read_json(_join(self._checkpoint(round, name), MANIFEST))
+        return self._read_manifest(_join(self._checkpoint(round, name), MANIFEST), "files")
 
     def checkpoint_done(self, round: int, name: str) -> bool:
         return self._isfile(_join(self._checkpoint(round, name), MANIFEST))
@@ -425,20 +489,23 @@ class Store:
 
     def commit_checkpoint(self, tmp_dir: Path, round: int, name: str, manifest: dict[str, Any]) -> str:
         files = sorted(p for p in tmp_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
-        manifest = {
-            **manifest,
-            "checkpoint": name,
-            "round": round,
-            "code_version": __version__,
-            "files": [{"file": str(p.relative_to(tmp_dir)), "bytes": p.stat().st_size} for p in files],
-        }
-        manifest["hash"] = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        listed = [{"file": str(p.relative_to(tmp_dir)), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
+                  for p in files]
+        # The hash is of what the checkpoint is (how it was made, and its model files' bytes),
+        # not of when: a training redone to the same weights (a repair) keeps its hash, so what
+        # was built from it stays current. Timings (training seconds) are left out of it.
+        content = {k: v for k, v in manifest.items() if k not in ("training", "code_version")}
+        model_files = [(f["file"], f["sha256"]) for f in listed if f["file"] not in CHECKPOINT_METADATA]
+        manifest = {**manifest, "checkpoint": name, "round": round, "code_version": __version__, "files": listed}
+        manifest["hash"] = hashlib.sha256(json.dumps([name, round, content, model_files], sort_keys=True,
+                                                     default=str).encode()).hexdigest()[:16]
         final = self._checkpoint(round, name)
         if not self.remote:
             if os.path.exists(final):
                 shutil.rmtree(final)
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.replace(tmp_dir, final)
+            _stamp(listed, self._tree(final))
             write_json_atomic(Path(final) / MANIFEST, manifest)
             return final
         import pyarrow.fs as pafs
@@ -448,6 +515,7 @@ class Store:
         self.fs.makedirs(final, exist_ok=True)
         pafs.copy_files(str(tmp_dir), final, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=self.arrow_fs, use_threads=True)
+        _stamp(listed, self._tree(final))
         self._write_json(_join(final, MANIFEST), manifest)  # last: the checkpoint exists from here on
         # Keep the trained folder as this machine's copy, so loading it needs no download.
         write_json_atomic(tmp_dir / MANIFEST, manifest)
@@ -460,15 +528,18 @@ class Store:
         return location
 
     # -- SQL ------------------------------------------------------------------------------
-    def connect(self, database: str = ":memory:"):
-        """A DuckDB connection with one view per finished table, over all rounds. A remote run's
-        filesystem is registered on the connection, so its URLs read like local paths."""
+    def connect(self, database: str = ":memory:", views: bool = True):
+        """A DuckDB connection with one view per finished table, over all rounds (every one
+        checked first: a damaged table stops it, named). A remote run's filesystem is
+        registered on the connection, so its URLs read like local paths. Stages, which
+        register views over the tables they read, ask for ``views=False``: a damaged table
+        they do not read is no reason to stop them."""
         import duckdb
 
         con = duckdb.connect(database)
         if self.remote:
             con.register_filesystem(self.fs)
-        for table, rounds in self.done_tables().items():
+        for table, rounds in (self.done_tables() if views else {}).items():
             files = [str(f) for r in rounds for f in self.files(r, table)]
             if not files:
                 continue
@@ -478,6 +549,21 @@ class Store:
                 "hive_partitioning = true, union_by_name = true)"
             )
         return con
+
+
+def _stamp(listed: list[dict[str, Any]], entries: dict[str, dict[str, Any]]) -> None:
+    """Record each file's modification time where it lies, for the cheap check."""
+    for f in listed:
+        f["mtime"] = entries[f["file"]]["mtime"] if f["file"] in entries else None
+
+
+def _stat(entry: dict[str, Any]) -> dict[str, Any]:
+    """Size and modification time (seconds since the epoch, or None) of an fsspec listing entry:
+    a float from the local filesystem, a datetime through pyarrow's."""
+    mtime = entry.get("mtime")
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return {"size": int(entry["size"]), "mtime": float(mtime) if mtime is not None else None}
 
 
 def list_runs(runs_dir: str | Path) -> list[str]:
@@ -497,6 +583,8 @@ def local_model_path(ref: str) -> str:
     a checkpoint of a remote run (``s3://.../checkpoints/NAME?...``), which is copied once into
     :func:`cache_home` (keyed by its manifest hash) and named by that local copy."""
     if "://" not in ref:
+        if os.path.isfile(os.path.join(ref, MANIFEST)):
+            _check_local_checkpoint(Path(ref), what=ref)
         return ref
     import pyarrow.fs as pafs
 
@@ -509,7 +597,11 @@ def local_model_path(ref: str) -> str:
                          "build the round that trains it") from None
     dest = _checkpoint_cache(ref, manifest["hash"])
     if (dest / MANIFEST).is_file():
-        return str(dest)
+        try:
+            _check_local_checkpoint(dest, what=str(dest))
+            return str(dest)
+        except StoreError:
+            shutil.rmtree(dest, ignore_errors=True)  # a damaged local copy: copy it down again
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -521,6 +613,10 @@ def local_model_path(ref: str) -> str:
         if not got.is_file() or got.stat().st_size != f["bytes"]:
             raise StoreError(f"{loc.url(loc.base)}: {f['file']} came down with "
                              f"{got.stat().st_size if got.is_file() else 'no'} bytes, not {f['bytes']}; run again")
+        if f.get("sha256") and file_sha256(got) != f["sha256"]:
+            raise StoreError(f"{loc.url(loc.base)}: {f['file']} came down with another sha256 than its manifest "
+                             "records: the checkpoint in the store is damaged; check it with alma-data verify, "
+                             "and a build of its round trains it again")
     write_json_atomic(tmp / MANIFEST, manifest)
     try:
         os.replace(tmp, dest)
@@ -529,6 +625,27 @@ def local_model_path(ref: str) -> str:
             raise
         shutil.rmtree(tmp)  # another process on this machine (a second worker) finished the same copy first
     return str(dest)
+
+
+def _check_local_checkpoint(folder: Path, what: str) -> None:
+    """Before an engine or trainer loads a checkpoint folder: every file its manifest lists is
+    there with its recorded size (no hashing; ``alma-data verify`` hashes)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        listed = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StoreError(f"{folder / MANIFEST}: not a readable checkpoint manifest; a build of the checkpoint's "
+                         "round trains it again") from None
+    bad = []
+    for f in listed:
+        p = folder / f["file"]
+        if not p.is_file():
+            bad.append(f"{p}: missing")
+        elif f.get("bytes") is not None and p.stat().st_size != f["bytes"]:
+            bad.append(f"{p}: {p.stat().st_size:,} bytes where the manifest recorded {f['bytes']:,}")
+    if bad:
+        raise StoreError(f"checkpoint {what} is damaged: {'; '.join(bad[:5])}; it is not loaded. A build of its "
+                         "round trains it again (alma-data build round=R run=NAME)")
 
 
 def write_shard_file(arrow_fs, dir: str, index: int, rows: pa.Table | list[dict[str, Any]],
@@ -596,7 +713,10 @@ class TableWriter:
         state_key = {"config_hash": config_hash, "inputs": self.inputs}
         state_path = _join(self._dir, STATE)
         names = store._names(self._dir)
-        stale = store._read_json(state_path) != state_key
+        try:
+            stale = store._read_json(state_path) != state_key
+        except ManifestError:
+            stale = True  # an unreadable state vouches for no shard
         # Shards from another configuration or other inputs are not resume points; a
         # temporary file is a shard some killed writer never finished.
         for name in names:
@@ -638,13 +758,17 @@ class TableWriter:
             self.write_shard(0, self.schema.empty_table())
             indices = [0]
         shards = []
+        # Size and modification time let every later read check the shard without hashing it.
+        entries = self.store._entries(self._dir)
         for i in indices:
-            path = _join(self._dir, f"part-{i:05d}.parquet")
+            name = f"part-{i:05d}.parquet"
+            path = _join(self._dir, name)
             with self.store.fs.open(path, "rb") as f:
                 sha = _stream_sha256(f)
             with self.store.arrow_fs.open_input_file(path) as f:
                 n = pq.read_metadata(f).num_rows
-            shards.append({"file": path.rsplit("/", 1)[-1], "rows": n, "sha256": sha})
+            shards.append({"file": name, "rows": n, "sha256": sha, "bytes": entries[name]["size"],
+                           "mtime": entries[name]["mtime"]})
         manifest = {
             "run": self.store.run,
             "round": self.round,

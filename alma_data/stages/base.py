@@ -23,6 +23,8 @@ class Context:
     ran: list[str] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    """Tables and checkpoints found damaged (and so written again) by this build."""
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -53,9 +55,27 @@ class Context:
         return {str(ref): self.store.input_hash(ref) for ref in inputs}
 
     def table_current(self, round: int, table: str, config_hash: str, inputs: list[TableRef]) -> bool:
-        """Done, and made by this configuration from these inputs (else it is redone)."""
+        """Done, intact, and made by this configuration from these inputs (else it is redone)."""
+        if not self._intact_table(round, table):
+            return False
         m = self.store.manifest(round, table)
         return m is not None and m["config_hash"] == config_hash and m["inputs"] == self.inputs_hash(inputs)
+
+    def _intact_table(self, round: int, table: str) -> bool:
+        """The cheap check of a table its stage is about to skip. A damaged one loses what is
+        damaged (its bad shards, or every shard when its manifest is unreadable) and its
+        manifest, so the stage writes just that again, resuming as after a stop; a shard
+        written again byte for byte gives the table its old hash, and the stages built
+        from it stay done."""
+        from alma_data.integrity import check_table, describe, quarantine_table
+
+        damage = check_table(self.store, round, table)
+        if not damage:
+            return True
+        self.log(f"[round {round}] {table}: damaged ({describe(damage)}); writing it again")
+        quarantine_table(self.store, round, table, damage)
+        self.repaired.append(f"round={round}/{table}")
+        return False
 
     def skip_if_current(self, info: dict[str, Any], round: int, table: str, config_hash: str,
                         inputs: list[TableRef]) -> bool:
@@ -67,6 +87,14 @@ class Context:
 
     def checkpoint_current(self, round: int, name: str, config_hash: str, inputs: dict[str, str]) -> bool:
         if not self.store.checkpoint_done(round, name):
+            return False
+        from alma_data.integrity import check_checkpoint, describe, quarantine_checkpoint
+
+        damage = check_checkpoint(self.store, round, name)
+        if damage:
+            self.log(f"[round {round}] checkpoint {name}: damaged ({describe(damage)}); training it again")
+            quarantine_checkpoint(self.store, round, name)
+            self.repaired.append(f"round={round}/checkpoints/{name}")
             return False
         m = self.store.checkpoint_manifest(round, name) or {}
         return m.get("config_hash") == config_hash and m.get("inputs") == inputs

@@ -36,7 +36,7 @@ def judge_quality_rows(store, round: int, table: str, judge: str) -> list[dict]:
     """``sql/judge_quality.sql`` over a judge_eval table. On one DuckDB thread: with several,
     float sums add up in whatever order the threads finish, and the metrics (so the table's
     bytes and hash) changed in their last digits from one build to the next."""
-    con = store.connect()
+    con = store.connect(views=False)
     con.execute("SET threads = 1")
     register_parquet(con, "judge_eval_rows", store.files(round, table))
     return [{"judge": judge, "metric": m, "value": None if v is None else float(v), "n": int(n)}

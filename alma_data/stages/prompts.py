@@ -201,7 +201,7 @@ def cluster_candidates(ctx: Context, round: int) -> None:
     with ctx.stage(round, "dedup + clusters") as info:
         if ctx.skip_if_current(info, round, "prompt_clusters", h, inputs):
             return
-        con = store.connect()
+        con = store.connect(views=False)
         register_parquet(con, "candidates", store.files(round, "prompt_candidates"))
         used = used_prompt_files(ctx, round)
         register_parquet(con, "used_prompts", used)
@@ -236,7 +236,7 @@ def select_prompts(ctx: Context, round: int) -> None:
     with ctx.stage(round, "rebalance prompts") as info:
         if ctx.skip_if_current(info, round, "prompts", h, inputs):
             return
-        con = store.connect()
+        con = store.connect(views=False)
         register_parquet(con, "clustered", store.files(round, "prompt_clusters"))
         register_parquet(con, "used_prompts", used_prompt_files(ctx, round))
         picked = run_sql(con, "rebalance", k=recipe.prompts.k, seed=seed_int(recipe.seed, round, "rebalance")).fetchall()

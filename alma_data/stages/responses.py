@@ -157,7 +157,7 @@ def judge_responses(ctx: Context, round: int) -> None:
     with ctx.stage(round, "judgments") as info:
         if ctx.skip_if_current(info, round, "judgments", h, inputs):
             return
-        con = store.connect()
+        con = store.connect(views=False)
         register_round_views(con, store, round, ("prompts", "responses"))
         rows = con.execute("select r.response_id, p.prompt, r.response from responses r "
                            "join prompts p using (prompt_id) order by r.response_id").fetchall()

@@ -54,7 +54,7 @@ def select_data(ctx: Context, round: int) -> None:
             if ctx.skip_if_current(info, round, table, h, inputs):
                 continue
             if con is None:  # the picks of all three tables, made once
-                con = store.connect()
+                con = store.connect(views=False)
                 register_round_views(con, store, round)
                 make_picks(con, **picks)
             result = run_sql(con, sql_name, **params).to_arrow_table()

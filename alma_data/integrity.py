@@ -1,0 +1,287 @@
+"""Does the store still hold what its manifests recorded?
+
+Two checks, over a local folder or a bucket alike:
+
+- the cheap one (:func:`check_table`, :func:`check_checkpoint`), run whenever a stage or a
+  query opens a table and before an engine or trainer loads a checkpoint: the files a
+  manifest lists are there with the recorded sizes, and each shard's Parquet footer holds
+  its recorded row count. A file whose modification time moved since it was recorded is
+  also hashed (only that one), so a rewrite or an edit in place is caught without hashing
+  the files nobody touched; a change that leaves size and time alone (bit rot) needs
+- the full one (:func:`verify_run`, ``alma-data verify``): the sha256 of every shard and
+  checkpoint file against its manifest.
+
+A build repairs what either finds (:func:`quarantine_table`, :func:`quarantine_checkpoint`):
+the damaged shards, or a whole table or checkpoint whose manifest is unreadable, are
+removed, so the stage that wrote them writes them again as it resumes any stage.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from alma_data.store import MANIFEST, SHARD_RE, ManifestError, Store, StoreError, _join
+
+# Modification times are compared to this many seconds: object stores keep whole seconds or
+# milliseconds, and a float's last digits may differ between the APIs that report them.
+MTIME_SLACK = 1e-3
+BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged file, as users name it, and what is wrong with it."""
+
+    where: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.problem}"
+
+
+class DamageError(StoreError):
+    """A table or checkpoint does not hold what its manifest recorded; nothing may read it."""
+
+
+def repair_command(store: Store) -> str:
+    where = "" if str(store.loc.given).rstrip("/") == "data/runs" else f" runs_dir={store.loc.given}"
+    rounds = store.rounds_present() or [1]
+    return f"alma-data build round={max(rounds)} run={store.run}{where}"
+
+
+def describe(damage: list[Damage], limit: int = 5) -> str:
+    text = "; ".join(str(d) for d in damage[:limit])
+    return text + (f"; and {len(damage) - limit} more" if len(damage) > limit else "")
+
+
+# -- cheap checks ------------------------------------------------------------------------------
+_hashes: dict[tuple[str, int, float], str] = {}
+
+
+def _sha256(store: Store, path: str, progress=None) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with store.arrow_fs.open_input_stream(path) as f:
+        while block := f.read(BLOCK):
+            h.update(block)
+            if progress is not None:
+                progress(len(block))
+    return h.hexdigest()
+
+
+def _changed_content(store: Store, path: str, entry: dict, sha: str | None) -> bool:
+    """For a file whose modification time moved: do its bytes differ from the recorded ones?"""
+    if not sha:
+        return False
+    key = (path, entry["size"], entry["mtime"])
+    if key not in _hashes:
+        _hashes[key] = _sha256(store, path)
+    return _hashes[key] != sha
+
+
+def _check_file(store: Store, path: str, entry: dict | None, recorded: dict) -> str | None:
+    """What is wrong with one listed file (None: nothing the cheap check sees)."""
+    if entry is None:
+        return "missing"
+    size = recorded.get("bytes")
+    if size is not None and entry["size"] != size:
+        return f"{entry['size']:,} bytes where the manifest recorded {size:,} (cut short or rewritten)"
+    mtime = recorded.get("mtime")
+    if mtime is not None and entry["mtime"] is not None and abs(entry["mtime"] - mtime) > MTIME_SLACK \
+            and _changed_content(store, path, entry, recorded.get("sha256")):
+        return "changed after it was written: its sha256 is not the one the manifest recorded"
+    return None
+
+
+def _footer_rows(store: Store, path: str) -> int:
+    with store.arrow_fs.open_input_file(path) as f:
+        return pq.read_metadata(f).num_rows
+
+
+def check_table(store: Store, round: int, table: str, manifest: dict | None = None) -> list[Damage]:
+    """The cheap check of a finished table (an unfinished one has nothing to check: [])."""
+    folder = store._table(round, table)
+    if manifest is None:
+        try:
+            manifest = store.manifest(round, table)
+        except ManifestError as exc:
+            return [Damage(store.url(exc.path), exc.problem)]
+        if manifest is None:
+            return []
+    entries = store._entries(folder)
+    damage = []
+    for shard in manifest["shards"]:
+        path = _join(folder, shard["file"])
+        problem = _check_file(store, path, entries.get(shard["file"]), shard)
+        if problem is None:
+            try:
+                rows = _footer_rows(store, path)
+            except (pa.ArrowInvalid, OSError) as exc:
+                problem = f"not a readable Parquet file ({str(exc).splitlines()[0]})"
+            else:
+                if rows != shard["rows"]:
+                    problem = f"{rows:,} rows where the manifest recorded {shard['rows']:,}"
+        if problem:
+            damage.append(Damage(store.url(path), problem))
+    return damage
+
+
+def check_checkpoint(store: Store, round: int, name: str) -> list[Damage]:
+    """The cheap check of a finished checkpoint: its files there, with their recorded sizes."""
+    folder = store._checkpoint(round, name)
+    try:
+        manifest = store.checkpoint_manifest(round, name)
+    except ManifestError as exc:
+        return [Damage(store.url(exc.path), exc.problem)]
+    if manifest is None:
+        return []
+    entries = store._tree(folder)
+    damage = []
+    for f in manifest["files"]:
+        path = _join(folder, f["file"])
+        problem = _check_file(store, path, entries.get(f["file"]), f)
+        if problem:
+            damage.append(Damage(store.url(path), problem))
+    return damage
+
+
+def require_table(store: Store, round: int, table: str, manifest: dict) -> None:
+    """Raise :class:`DamageError` unless the table passes the cheap check (once per process
+    for a given manifest: the build that checked a table reads it many times)."""
+    key = ("table", store.where(), round, table, manifest.get("hash"), manifest.get("finished"))
+    if key in store._intact:
+        return
+    damage = check_table(store, round, table, manifest)
+    if damage:
+        raise DamageError(f"round={round}/{table} of run {store.run!r} is damaged: {describe(damage)}. "
+                          f"Nothing reads it until it is repaired; repair it with: {repair_command(store)}")
+    store._intact.add(key)
+
+
+# -- repair ------------------------------------------------------------------------------------
+def quarantine_table(store: Store, round: int, table: str, damage: list[Damage]) -> None:
+    """Remove what the stage must write again: the damaged shards and the manifest (so the
+    stage runs and resumes from the intact shards), or, when the manifest itself is
+    unreadable, every shard (nothing vouches for them any more)."""
+    folder = store._table(round, table)
+    manifest_url = store.url(_join(folder, MANIFEST))
+    names = store._names(folder)
+    if any(d.where == manifest_url for d in damage):
+        doomed = [n for n in names if SHARD_RE.match(n)]
+    else:
+        damaged = {d.where for d in damage}
+        doomed = [n for n in names if store.url(_join(folder, n)) in damaged]
+    for name in doomed:
+        store.fs.rm_file(_join(folder, name))
+    if MANIFEST in names:
+        store.fs.rm_file(_join(folder, MANIFEST))
+
+
+def quarantine_checkpoint(store: Store, round: int, name: str) -> None:
+    """A damaged checkpoint is trained again: without its manifest it is not finished, and
+    committing the new one replaces the whole folder."""
+    path = _join(store._checkpoint(round, name), MANIFEST)
+    if store.fs.exists(path):
+        store.fs.rm_file(path)
+
+
+# -- the full check ----------------------------------------------------------------------------
+@dataclass
+class VerifyReport:
+    files: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    tables: int = 0
+    checkpoints: int = 0
+    unchecked: int = 0
+    """Files whose manifest records no sha256 (checkpoints saved by older versions): size only."""
+    damage: list[Damage] = field(default_factory=list)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / max(self.seconds, 1e-9)
+
+    def summary(self) -> str:
+        state = f"{len(self.damage)} damaged" if self.damage else "all intact"
+        extra = f", {self.unchecked} without a recorded sha256 (sizes checked)" if self.unchecked else ""
+        return (f"verified {self.files:,} files of {self.tables} tables and {self.checkpoints} checkpoints, "
+                f"{self.bytes / 1e6:,.1f} MB in {self.seconds:.1f}s ({self.mb_per_s:,.0f} MB/s): {state}{extra}")
+
+
+def _manifest_paths(store: Store) -> tuple[list[str], list[str]]:
+    root = store._root
+    tables = [p for p in store.fs.glob(_join(root, "round=*", "*", MANIFEST)) if p.rstrip("/").split("/")[-2] != "checkpoints"]
+    checkpoints = store.fs.glob(_join(root, "round=*", "checkpoints", "*", MANIFEST))
+    return sorted(tables), sorted(checkpoints)
+
+
+def verify_run(store: Store, threads: int = 4, progress: bool = True) -> VerifyReport:
+    """sha256 of every file every finished table and checkpoint of the run lists, against
+    the manifest (a missing file, a wrong size or an unreadable manifest is damage too)."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    report = VerifyReport()
+    jobs: list[tuple[str, str, int]] = []  # (path, sha256, bytes)
+    table_manifests, checkpoint_manifests = _manifest_paths(store)
+    for kind, paths in (("table", table_manifests), ("checkpoint", checkpoint_manifests)):
+        for mpath in paths:
+            folder = mpath.rstrip("/").rsplit("/", 1)[0]
+            try:
+                manifest = store._read_manifest(mpath, "files" if kind == "checkpoint" else "shards")
+            except ManifestError as exc:
+                report.damage.append(Damage(store.url(exc.path), exc.problem))
+                continue
+            if kind == "table":
+                report.tables += 1
+                listed, entries = manifest["shards"], store._entries(folder)
+            else:
+                report.checkpoints += 1
+                listed, entries = manifest["files"], store._tree(folder)
+            for f in listed:
+                path = _join(folder, f["file"])
+                entry = entries.get(f["file"])
+                report.files += 1
+                if entry is None:
+                    report.damage.append(Damage(store.url(path), "missing"))
+                elif f.get("bytes") is not None and entry["size"] != f["bytes"]:
+                    report.damage.append(Damage(store.url(path), f"{entry['size']:,} bytes where the manifest "
+                                                                 f"recorded {f['bytes']:,} (cut short or rewritten)"))
+                elif not f.get("sha256"):
+                    report.unchecked += 1
+                    report.bytes += entry["size"]
+                else:
+                    jobs.append((path, f["sha256"], entry["size"]))
+    total = sum(size for _, _, size in jobs)
+    lock = threading.Lock()
+    with tqdm(total=total, desc="verifying", unit="B", unit_scale=True, disable=not progress,
+              dynamic_ncols=True) as bar:
+        def advance(n: int) -> None:
+            with lock:
+                bar.update(n)
+
+        def one(job: tuple[str, str, int]) -> Damage | None:
+            path, sha, _ = job
+            try:
+                got = _sha256(store, path, advance)
+            except OSError as exc:
+                return Damage(store.url(path), f"could not be read ({exc})")
+            return None if got == sha else Damage(store.url(path), "sha256 differs from the one the manifest recorded")
+
+        # Threads: hashlib and pyarrow's reads let go of the GIL, and an object store's
+        # latency hides behind several reads in flight.
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            for found in pool.map(one, jobs):
+                if found:
+                    report.damage.append(found)
+    report.bytes += total
+    report.seconds = time.perf_counter() - t0
+    report.damage.sort(key=lambda d: d.where)
+    return report
