@@ -33,6 +33,8 @@ EPILOG = """examples:
   alma-data report run=default                             # plots and report.html in the run folder
   alma-data publish run=default repo=me/alma --dry-run     # the folder the Hub would get
   alma-data runs                                           # runs in data/runs
+  alma-data judge pairs.jsonl judge=run:default/round=1/judge  # a judge's accuracy on preference pairs
+  alma-data eval questions.jsonl run=default               # base, m1a, last model answer; one judge compares
 """
 
 
@@ -233,6 +235,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judge(args: argparse.Namespace) -> int:
+    from alma_data.judge_cli import cmd_judge as run
+
+    return run(args, _split_assignments, DEFAULT_RUNS_DIR)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from alma_data.user_eval import cmd_eval as run
+
+    return run(args, _split_assignments, DEFAULT_RUNS_DIR)
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     for name in available_recipes():
         r = load_recipe(name)
@@ -293,6 +307,34 @@ def parser() -> argparse.ArgumentParser:
     pb.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
     pb.add_argument("--dry-run", action="store_true", help="write the folder that would be uploaded, upload nothing")
     pb.set_defaults(func=cmd_publish)
+    jd = sub.add_parser("judge", help="score a file or Hub dataset with any judge; pairwise accuracy on preference pairs",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="rows: {prompt, response}, {messages: [{role, content}, ...]}, {prompt, chosen, rejected}\n"
+                               "      (text or messages), {input, output_1, output_2, label}\n"
+                               "keys: judge=REF (required: run:NAME/round=R/judge, base, a model folder or Hub id),\n"
+                               "      shots=K (few-shot examples from the run's seed annotations; base: 3), run=NAME,\n"
+                               "      runs_dir=DIR, recipe=NAME (no run), split=test, limit=N, long=skip|score, seed=0,\n"
+                               "      and recipe keys: engine=vllm, judge.max_length=1024, judge.batch_size_score=4\n\n"
+                               "examples:\n"
+                               "  alma-data judge pairs.jsonl judge=run:default/round=2/judge --out scores.parquet\n"
+                               "  alma-data judge pairs.jsonl judge=base shots=3 run=default\n"
+                               "  alma-data judge org/preference-test split=test judge=run:default/round=1/judge")
+    jd.add_argument("assignments", nargs="*", metavar="FILE KEY=VALUE")
+    jd.add_argument("--out", help="write every score to this Parquet file")
+    jd.add_argument("--format", choices=["text", "json"], default="text", help="how the summary is printed")
+    jd.add_argument("--quiet", action="store_true", help="no progress bar")
+    jd.set_defaults(func=cmd_judge)
+    ev = sub.add_parser("eval", help="answer a prompt file with checkpoints of a run and compare them with one judge",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="rows: {prompt}, {question_id, category, turns: [...]} (first turn), {instruction, input?}\n"
+                               "keys: run=NAME, runs_dir=DIR, models=base,m1a,last, judge=run:round=1/judge (default),\n"
+                               "      shots=K, name=SET (default: the file's name), split=test, limit=N,\n"
+                               "      max_new_tokens=N (default eval.max_new_tokens), and recipe keys\n"
+                               "Writes the tables user_eval and user_eval_summary into the run's last round.\n\n"
+                               "example:\n  alma-data eval questions.jsonl run=default models=base,m1a,last")
+    ev.add_argument("assignments", nargs="*", metavar="FILE KEY=VALUE")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=cmd_eval)
     rc = sub.add_parser("recipes", help="list bundled recipes")
     rc.set_defaults(func=cmd_recipes)
     return p
