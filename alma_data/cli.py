@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
 import os
+import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from alma_data.config import RecipeError, apply_override, available_recipes, load_recipe, recipe_from_dict
+from alma_data.errors import AlmaError, Stopped
 from alma_data.store import Store, StoreError, list_runs
 
 DEFAULT_RUNS_DIR = "data/runs"
@@ -60,6 +65,34 @@ def _default_run(runs_dir: str, given: str | None) -> str:
     raise StoreError(f"{runs_dir} holds several runs ({', '.join(runs)}); choose one with run=NAME")
 
 
+def _runs_dir(special: dict[str, str], *, must_exist: bool) -> str:
+    """The runs folder named by ``runs_dir=``, checked: a folder (or, for a build, a place one
+    can be made), never a file."""
+    given = special.get("runs_dir", DEFAULT_RUNS_DIR)
+    if not given.strip():
+        raise RecipeError(f"runs_dir= is empty; name the folder that holds the runs, e.g. runs_dir={DEFAULT_RUNS_DIR}")
+    if "://" in given:
+        return given
+    path = Path(given).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RecipeError(f"runs_dir={given} is a file, not a folder; name a folder (a build makes a missing one)")
+    if not path.exists():
+        if must_exist:
+            raise StoreError(f"runs_dir={given} does not exist; name the folder that holds your runs, or build one "
+                             f"there first: alma-data build round=1 runs_dir={given}")
+        parent = path.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise RecipeError(f"runs_dir={given}: {parent} is a file, so the folder cannot be made; name another folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RecipeError(f"runs_dir={given}: cannot make the folder, {parent} is not writable by this user; "
+                              "name a folder you can write")
+    elif not os.access(path, os.W_OK | os.X_OK) and not must_exist:
+        raise RecipeError(f"runs_dir={given} is not writable by this user; name a folder you can write")
+    return given
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     special, overrides, rest = _split_assignments(args.assignments, {"round", "recipe", "run", "runs_dir"})
     if rest:
@@ -70,7 +103,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         target = int(special["round"])
     except ValueError:
         raise RecipeError(f"round must be an integer, got {special['round']!r}") from None
-    runs_dir = special.get("runs_dir", DEFAULT_RUNS_DIR)
+    runs_dir = _runs_dir(special, must_exist=False)
     existing = Store(runs_dir, special["run"]) if "run" in special else None
     if existing is not None and existing.exists() and "recipe" not in special:
         # Continuing a run: its own recipe, with any overrides on top.
@@ -87,13 +120,17 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _store_from(special: dict[str, str]) -> Store:
-    runs_dir = special.get("runs_dir", DEFAULT_RUNS_DIR)
+    runs_dir = _runs_dir(special, must_exist=True)
     store = Store(runs_dir, _default_run(runs_dir, special.get("run")))
     store.read_run()  # a clear error when the run does not exist
     return store
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from alma_data.query import check_statements, explain_refusal, read_only_connection
+
     special, _, rest = _split_assignments(args.assignments, {"run", "runs_dir"})
     if len(rest) != 1:
         raise RecipeError('query takes one SQL statement or a .sql file: alma-data query "select ..."')
@@ -101,16 +138,45 @@ def cmd_query(args: argparse.Namespace) -> int:
     if sql.endswith(".sql") and Path(sql).is_file():
         sql = Path(sql).read_text()
     store = _store_from(special)
-    con = store.connect()
-    rel = con.sql(sql)
-    if rel is None:
-        return 0
+    if args.out and not store.remote and _inside(Path(args.out), store.local_root):
+        raise RecipeError(f"--out {args.out} is inside the run folder {store.local_root}; a query never writes "
+                          "into its run: write the result somewhere else")
+    if args.format == "parquet" and not args.out:
+        raise RecipeError("--format parquet needs --out FILE.parquet")
+    with read_only_connection(store) as con:
+        try:
+            check_statements(con, sql)
+            rel = con.sql(sql)
+            if rel is not None:
+                _write_result(rel, args)
+        except duckdb.Error as exc:
+            refusal = explain_refusal(exc)
+            if refusal is not None:
+                raise refusal from None
+            raise
+    return 0
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _write_result(rel, args: argparse.Namespace) -> None:
+    """The result of a query on the terminal or in ``--out``: written here, never by DuckDB,
+    whose connection may not open files."""
     fmt = args.format
     if fmt == "parquet":
-        if not args.out:
-            raise RecipeError("--format parquet needs --out FILE.parquet")
-        rel.write_parquet(args.out)
-        return 0
+        import pyarrow.parquet as pq
+
+        reader = rel.to_arrow_reader(64 * 1024)
+        with pq.ParquetWriter(args.out, reader.schema, compression="zstd") as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+        return
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
         if fmt == "table":
@@ -129,7 +195,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     finally:
         if args.out:
             out.close()
-    return 0
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
@@ -145,7 +210,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     special, _, _ = _split_assignments(args.assignments, {"runs_dir"})
-    runs_dir = special.get("runs_dir", DEFAULT_RUNS_DIR)
+    runs_dir = _runs_dir(special, must_exist=False)
     runs = list_runs(runs_dir)
     if not runs:
         print(f"no runs in {runs_dir}; start one with: alma-data build round=1")
@@ -340,10 +405,93 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # one stop is enough; the cleanup that follows runs undisturbed
+    raise Stopped(signum)
+
+
+def _stopped_line(args: argparse.Namespace, argv: list[str], exc: KeyboardInterrupt) -> tuple[str, int]:
+    term = isinstance(exc, Stopped)
+    how = "by SIGTERM" if term else "by Ctrl-C"
+    code = 128 + (signal.SIGTERM if term else signal.SIGINT)
+    if args.command == "build":
+        again = " ".join(shlex.quote(a) for a in ["alma-data", *argv])
+        return (f"alma-data: build stopped {how}; every finished shard and checkpoint stays: run the same command "
+                f"again to resume ({again})", code)
+    return f"alma-data: {args.command} stopped {how}", code
+
+
+def _no_space(exc: BaseException) -> OSError | Exception | None:
+    """The full-disk error behind ``exc`` (an OSError with errno ENOSPC, or a library's own
+    error that says so, such as safetensors'), if there is one."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+OPTIONAL_MODULES = {"ray": "ray", "openai": "openai", "datatrove": "datatrove", "vllm": "gpu"}
+"""Top-level modules of the optional paths, and the extra that installs each."""
+
+
+def _missing_module_line(name: str) -> str:
+    top = name.split(".", 1)[0]
+    if top in OPTIONAL_MODULES:
+        return (f"alma-data: error: this needs the package {top!r}, which is not installed; install the extra: "
+                f"pip install 'alma-data[{OPTIONAL_MODULES[top]}]' (from a clone: pip install '.[{OPTIONAL_MODULES[top]}]')")
+    return (f"alma-data: error: the module {name!r} is missing from this Python environment, though alma-data "
+            "depends on it; reinstall it with its dependencies: pip install \"torch==2.13.0\" . (from the clone), "
+            "and run alma-data from that environment")
+
+
+def _error_line(exc: Exception, args: argparse.Namespace) -> tuple[str, int] | None:
+    """What to print for an error (one line that says what to do) and the exit status; None
+    for an error nobody foresaw, which keeps its traceback."""
+    from alma_data.engines import EngineError
+
+    if isinstance(exc, (AlmaError, StoreError, EngineError)):
+        return f"alma-data: error: {exc}", 2
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return _missing_module_line(exc.name), 2
+    runs_dir = next((a.split("=", 1)[1] for a in getattr(args, "assignments", []) if a.startswith("runs_dir=")),
+                    DEFAULT_RUNS_DIR)
+    full = _no_space(exc)
+    if full is not None:
+        out = getattr(args, "out", None) if args.command == "query" else None
+        where = getattr(full, "filename", None) or out or runs_dir.split("?", 1)[0]
+        resume = (" then run the same command again: the build goes on from what is written"
+                  if args.command == "build" else " then run the command again")
+        return (f"alma-data: error: no space left on the device that holds {where}; free space there (df -h shows "
+                "how much is left): delete runs you no longer need, old checkpoints' staging folders, or caches "
+                f"(~/.cache/alma-data, ~/.cache/huggingface),{resume}", 74)
+    import duckdb
+
+    if isinstance(exc, duckdb.Error):
+        return f"alma-data: SQL error: {exc}\n(see the tables with: alma-data tables)", 2
+    if isinstance(exc, OSError) and "://" in runs_dir:
+        return (f"alma-data: error: the runs folder {runs_dir.split('?', 1)[0]} could not be read or written: {exc}\n"
+                "Check the address (endpoint_override=... in the URI's query for a server of your own), the "
+                "network, and the credentials in this machine's environment (e.g. AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY). What was written before stays: the same command resumes from it.", 2)
+    return None
+
+
+def _quiet_stdout() -> None:
+    """After the reader of our output went away (``alma-data runs | head -3``): send what is
+    still buffered nowhere, so that exiting does not complain about the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     # OpenMP threads that spin while waiting collapse throughput (10x seen here) as soon as
     # another process shares the cores; passive waiting costs little when the machine is idle.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    argv = list(sys.argv[1:] if argv is None else argv)
     p = parser()
     # Options may come after the SQL or the KEY=VALUE pairs: gather what follows them.
     args, extra = p.parse_known_args(argv)
@@ -352,35 +500,26 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.assignments = list(args.assignments) + extra
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return args.func(args)
-    except (RecipeError, StoreError) as exc:
-        print(f"alma-data: error: {exc}", file=sys.stderr)
-        return 2
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, where it is caught
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 128 + signal.SIGPIPE
+    except KeyboardInterrupt as exc:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        line, code = _stopped_line(args, argv, exc)
+        print(line, file=sys.stderr)
+        return code
     except Exception as exc:
-        from alma_data.engines import EngineError
-        from alma_data.executors import ExecutorError
-        from alma_data.models import ModelError
-        from alma_data.round import BuildError
-        from alma_data.seeds import SeedError
-
-        if isinstance(exc, (SeedError, ModelError, BuildError, EngineError, ExecutorError)):
-            print(f"alma-data: error: {exc}", file=sys.stderr)
-            return 2
-        import duckdb
-
-        if isinstance(exc, duckdb.Error):
-            print(f"alma-data: SQL error: {exc}\n(see the tables with: alma-data tables)", file=sys.stderr)
-            return 2
-        runs_dir = next((a.split("=", 1)[1] for a in getattr(args, "assignments", []) if a.startswith("runs_dir=")), "")
-        if isinstance(exc, OSError) and "://" in runs_dir:
-            print(f"alma-data: error: the runs folder {runs_dir.split('?', 1)[0]} could not be read or written: {exc}\n"
-                  "Check the address (endpoint_override=... in the URI's query for a server of your own), the "
-                  "network, and the credentials in this machine's environment (e.g. AWS_ACCESS_KEY_ID, "
-                  "AWS_SECRET_ACCESS_KEY). What was written before stays: the same command resumes from it.",
-                  file=sys.stderr)
-            return 2
-        raise
+        described = _error_line(exc, args)
+        if described is None:
+            raise
+        print(described[0], file=sys.stderr)
+        return described[1]
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from alma_data.errors import AlmaError
 from alma_data.resources import resource_dir
 
 
-class RecipeError(ValueError):
+class RecipeError(AlmaError, ValueError):
     """A recipe or an override that cannot be used; the message says how to fix it."""
 
 
@@ -302,6 +303,9 @@ def load_recipe(name_or_path: str = "default", overrides: dict[str, str] | None 
     recipe = _build(Recipe, data, where=str(path))
     for key, raw in (overrides or {}).items():
         apply_override(recipe, key, raw)
+    from alma_data.recipe_checks import check_values
+
+    check_values(recipe)
     return recipe
 
 

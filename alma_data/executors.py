@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from alma_data.config import Recipe
 from alma_data.engines import EngineStats, open_engine
+from alma_data.errors import AlmaError
 from alma_data.store import ShardSink, TableWriter
 
 ShardFn = Callable[[Any, Any, Any], list]
@@ -39,7 +40,7 @@ ShardFn = Callable[[Any, Any, Any], list]
 that Ray can ship it by reference."""
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(AlmaError, RuntimeError):
     """A shard could not be run; the message names the shard and what to do."""
 
 

@@ -15,8 +15,10 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from alma_data.errors import AlmaError
 
-class ModelError(ValueError):
+
+class ModelError(AlmaError, ValueError):
     pass
 
 

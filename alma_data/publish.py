@@ -16,6 +16,7 @@ from typing import Any, Callable
 import yaml
 
 from alma_data import __version__
+from alma_data.errors import AlmaError
 from alma_data.store import Store
 
 SPLITS = ("sft", "dpo", "judge_distill")
@@ -30,7 +31,7 @@ DESCRIPTIONS = {
 }
 
 
-class PublishError(RuntimeError):
+class PublishError(AlmaError, RuntimeError):
     pass
 
 

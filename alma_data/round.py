@@ -7,6 +7,8 @@ import string
 import time
 
 from alma_data.config import Recipe, RecipeError, fingerprint, recipe_from_dict
+from alma_data.errors import AlmaError
+from alma_data.recipe_checks import check_for_rounds
 from alma_data.stages.base import Context
 from alma_data.stages.evaluate import evaluate_round
 from alma_data.stages.judge import judge_eval
@@ -18,7 +20,7 @@ from alma_data.stages.train import train_dpo, train_judge, train_policy
 from alma_data.store import Store, TableRef
 
 
-class BuildError(RuntimeError):
+class BuildError(AlmaError, RuntimeError):
     pass
 
 
@@ -57,29 +59,35 @@ def recipe_diff(old: dict, new: dict) -> list[str]:
 
 
 def check_run(store: Store, recipe: Recipe, force: bool = False) -> None:
-    """A run keeps one recipe: a changed one is refused unless ``--force``."""
-    if store.exists():
-        old = store.read_run()
-        try:
-            # Through today's dataclasses, so a key added since with its default is no change.
-            old_recipe = recipe_from_dict(old["recipe"]).data_dict()
-        except RecipeError as exc:
-            raise BuildError(f"run {store.run!r} was made by another version of alma-data and its recipe no longer "
-                             f"loads ({exc}); start a new run with run=NEW_NAME") from exc
-        if fingerprint(old_recipe) != recipe.fingerprint():
-            diff = recipe_diff(old_recipe, recipe.data_dict())
-            if not force:
-                raise BuildError(
-                    f"run {store.run!r} was built with another recipe ({old['fingerprint']}); the differences:\n"
-                    + "\n".join(diff)
-                    + f"\nStart a new run with run=NEW_NAME, or add --force to rebuild {store.run!r} "
-                    "from the first stage the change touches."
-                )
-    store.write_run(recipe.to_dict(), recipe.fingerprint())
+    """A run keeps one recipe: a changed one is refused unless ``--force``. A run in which no
+    stage ever finished (its seed files were refused, say) holds nothing to keep: it takes the
+    new recipe as a new run would, and its ``run.json`` is written now. A run that holds tables
+    keeps its ``run.json`` until the seed stage has passed under the new recipe
+    (:func:`build_round1`), so that a refused seed file leaves the run as it was."""
+    if not (store.exists() and store.done_tables()):
+        store.write_run(recipe.to_dict(), recipe.fingerprint())
+        return
+    old = store.read_run()
+    try:
+        # Through today's dataclasses, so a key added since with its default is no change.
+        old_recipe = recipe_from_dict(old["recipe"]).data_dict()
+    except RecipeError as exc:
+        raise BuildError(f"run {store.run!r} was made by another version of alma-data and its recipe no longer "
+                         f"loads ({exc}); start a new run with run=NEW_NAME") from exc
+    if fingerprint(old_recipe) != recipe.fingerprint():
+        diff = recipe_diff(old_recipe, recipe.data_dict())
+        if not force:
+            raise BuildError(
+                f"run {store.run!r} was built with another recipe ({old['fingerprint']}); the differences:\n"
+                + "\n".join(diff)
+                + f"\nStart a new run with run=NEW_NAME, or add --force to rebuild {store.run!r} "
+                "from the first stage the change touches."
+            )
 
 
 def build_round1(ctx: Context) -> None:
     seed_stage(ctx)
+    ctx.store.write_run(ctx.recipe.to_dict(), ctx.recipe.fingerprint())  # the seeds passed: the run takes this recipe
     for name, seed in zip(m1_names(ctx.recipe), ctx.recipe.train.m1_seeds):
         train_policy(ctx, 1, name, seed, [TableRef(1, "sft")])
     train_judge(ctx, 1, "judge", [TableRef(1, "judge_seed")])
@@ -126,6 +134,7 @@ def build(recipe: Recipe, store: Store, target_round: int, *, force: bool = Fals
     if target_round > recipe.rounds + 1:
         raise BuildError(f"round={target_round}: recipe {recipe.name} has rounds={recipe.rounds} feedback rounds "
                          f"(rounds 1..{recipe.rounds + 1}); raise it with rounds={target_round - 1}")
+    check_for_rounds(recipe, target_round)  # before the run is locked, let alone written
     with store.build_lock():
         return _build(recipe, store, target_round, force=force, quiet=quiet)
 

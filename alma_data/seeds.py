@@ -10,17 +10,19 @@ nothing is written before every row has passed.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from alma_data.errors import AlmaError
 from alma_data.resources import resource_dir
 
 MAX_PROMPT_CHARS = 16_000
 MAX_RESPONSE_CHARS = 32_000
 
 
-class SeedError(ValueError):
+class SeedError(AlmaError, ValueError):
     """A seed source that cannot be used; names the file, the row and the fix."""
 
 
@@ -53,12 +55,10 @@ def iter_rows(source: str, split: str = "train") -> Iterator[tuple[str, dict[str
         source = str(bundled_path(source.split(":", 1)[1]))
     path = Path(source)
     if path.is_file() and path.suffix in (".jsonl", ".json"):
+        _check_not_compressed(path)
         yield from _iter_jsonl(path)
     elif path.is_file() and path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path} row {i}", row
+        yield from _iter_parquet(path)
     elif path.exists() and not path.is_dir():
         raise SeedError(f"{path}: seed files are .jsonl or .parquet; convert it or point to a folder/Hub dataset")
     else:
@@ -76,9 +76,47 @@ def iter_rows(source: str, split: str = "train") -> Iterator[tuple[str, dict[str
             yield f"{source}[{split}] row {i}", row
 
 
+_COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip"), b"BZh": ("bzip2", "bunzip2"), b"\xfd7zXZ": ("xz", "unxz"),
+               b"\x28\xb5\x2f\xfd": ("zstd", "unzstd"), b"PK\x03\x04": ("zip", "unzip")}
+
+
+def _check_not_compressed(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(6)
+    for magic, (kind, tool) in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise SeedError(f"{path}: this is a {kind}-compressed file, not JSON Lines text; decompress it first "
+                            f"({tool} < {path.name} > plain.jsonl) and point the recipe at the plain file")
+    if head.startswith(b"PAR1"):
+        raise SeedError(f"{path}: this is a Parquet file named {path.suffix}; rename it to .parquet")
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        hint = ("it looks like text: if it is JSON Lines, name it .jsonl" if head[:1] in (b"{", b"[")
+                or head.isascii() else "it may be damaged or cut short; write it again")
+        raise SeedError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]}); {hint}") from None
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{path} row {i}", row
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SeedError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or fix the line") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark some editors write
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
@@ -168,6 +206,8 @@ def load_judge(source: str, fmt: str = "alma", scale: int = 10, split: str = "tr
 
 
 def _score(value: Any, where: str, key: str, top: int) -> int:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SeedError(f"{where}: {key!r} must be an integer 0..{top}, got {value}; give the row a real score or remove it")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
         raise SeedError(f"{where}: {key!r} must be an integer 0..{top}, got {value!r}")
     if not 0 <= int(value) <= top:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alma_data import schemas
 from alma_data.ids import prompt_id, stable_id
-from alma_data.seeds import load_judge, load_sft
+from alma_data.seeds import SeedError, load_judge, load_sft
 from alma_data.stages.base import Context, config_hash
 from alma_data.store import write_table
 
@@ -40,8 +40,10 @@ def seed_stage(ctx: Context) -> None:
             prompts.setdefault(pid, {"prompt_id": pid, "prompt": s.prompt, "source": "seed",
                                      "category": s.category, "split": "train"})
         if cfg.eval_prompts >= len(prompts):
-            raise ValueError(f"seeds.eval_prompts={cfg.eval_prompts} leaves no SFT seed to train on "
-                             f"({len(prompts)} distinct prompts); lower it")
+            raise SeedError(f"{cfg.sft}: the SFT seeds hold {len(prompts)} distinct prompt"
+                            f"{'s' if len(prompts) != 1 else ''} and seeds.eval_prompts={cfg.eval_prompts} holds "
+                            f"{cfg.eval_prompts} out for eval, which leaves none to train on; add seed pairs with "
+                            f"other prompts, or set seeds.eval_prompts below {len(prompts)}")
         for pid in sorted(prompts)[: cfg.eval_prompts]:
             prompts[pid]["split"] = "eval"
         sft_rows, seen = [], set()
@@ -56,6 +58,11 @@ def seed_stage(ctx: Context) -> None:
 
         groups = sorted({j.group for j in judge}, key=lambda g: stable_id("heldout", g))
         n_held = max(1, round(len(groups) * cfg.judge_heldout_fraction)) if cfg.judge_heldout_fraction > 0 else 0
+        if n_held >= len(groups):
+            raise SeedError(f"{cfg.judge}: the judge annotations cover {len(groups)} prompt group"
+                            f"{'s' if len(groups) != 1 else ''}, and seeds.judge_heldout_fraction="
+                            f"{cfg.judge_heldout_fraction} holds out {n_held}, which leaves none to train the judge "
+                            "on; add annotations of other prompts, or set seeds.judge_heldout_fraction=0")
         held = set(groups[:n_held])
         judge_rows = []
         for i, j in enumerate(judge):

@@ -1,0 +1,134 @@
+"""The connection ``alma-data query`` runs a user's SQL on: it reads the run's tables, nothing else.
+
+A query over a dataset must not change the dataset. DuckDB's own switch for that,
+``enable_external_access = false`` locked with ``lock_configuration``, turns off every file
+the engine would open itself; but a path it is told to allow (``allowed_paths``) is open for
+writing as well as reading (``COPY ... TO '<shard>' (USE_TMP_FILE false)`` overwrote a shard
+on DuckDB 2.0.1). So the engine is allowed no file of the run at all: each table is a view
+over an Arrow dataset of its shards, which pyarrow reads (locally or from the run's object
+store) and DuckDB scans from memory. The only folder DuckDB may touch is a private temporary
+one for spilling, removed when the query ends.
+
+Statements that exist to write or to reach outside (COPY, EXPORT, ATTACH, INSTALL/LOAD,
+PRAGMA) are refused before anything runs, with a line that says what to do instead;
+anything else a query tries on a file (``read_text('/etc/passwd')``) is stopped by DuckDB
+and reported the same way. Results reach a file only through ``--out``, written in Python.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+from alma_data.errors import AlmaError
+from alma_data.store import Store
+
+SETTABLE = ("threads", "memory_limit", "max_memory", "preserve_insertion_order", "default_order",
+            "default_null_order", "TimeZone", "Calendar", "enable_progress_bar", "errors_as_json")
+"""DuckDB settings a query may still change once the connection is locked (none of them
+opens a file)."""
+
+_REFUSED = {
+    "COPY": "it writes a file; a query's result reaches a file only through --out FILE "
+            "(with --format csv|json|parquet)",
+    "COPY_DATABASE": "it copies a database; write a query's result with --out FILE",
+    "EXPORT": "it writes files; write a query's result with --out FILE (with --format csv|json|parquet)",
+    "ATTACH": "a query sees the run's tables only (list them with: alma-data tables)",
+    "DETACH": "a query sees the run's tables only (list them with: alma-data tables)",
+    "LOAD": "a query cannot install or load DuckDB extensions",
+    "EXTENSION": "a query cannot install or load DuckDB extensions",
+    "PRAGMA": "some pragmas read or write files; use DESCRIBE t, SHOW TABLES, SUMMARIZE t or "
+              "select * from pragma_table_info('t')",
+}
+_ALLOWED = {"SELECT", "EXPLAIN", "SET", "VARIABLE_SET", "CALL", "CREATE", "CREATE_FUNC", "INSERT", "UPDATE",
+            "DELETE", "DROP", "ALTER", "PREPARE", "EXECUTE", "TRANSACTION", "ANALYZE", "MULTI"}
+"""Statement kinds a query may run. Besides reading they only change the connection's own
+in-memory catalog (a temporary table or macro), which ends with the query."""
+
+
+class QueryRefused(AlmaError):
+    """A statement or file access ``alma-data query`` does not allow."""
+
+
+def check_statements(con, sql: str) -> None:
+    """Refuse the whole text, before any of it runs, if one of its statements may not run."""
+    for statement in con.extract_statements(sql):
+        kind = statement.type.name
+        if kind in _ALLOWED:
+            continue
+        first = statement.query.strip().split(None, 1)[0].upper() if statement.query.strip() else kind
+        why = _REFUSED.get(kind, "a query only reads the run's tables")
+        raise QueryRefused(f"a query may not run {first} statements: {why}")
+
+
+def explain_refusal(exc: Exception) -> QueryRefused | None:
+    """DuckDB's refusal of a file or a setting, as one line; None for any other error."""
+    import duckdb
+
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, duckdb.PermissionException):
+        target = re.search(r'"([^"]*)"', text)
+        where = f" ({target.group(1)})" if target else ""
+        return QueryRefused(f"a query reads the run's tables by their names and opens no file itself{where}; "
+                            "list the tables with: alma-data tables, write results with --out FILE")
+    if "configuration has been locked" in text:
+        name = re.search(r'option "([^"]*)"', text)
+        return QueryRefused(f"a query may not change the setting {name.group(1) if name else ''!s}: the query "
+                            "connection's file access is off and locked; settings a query may change: "
+                            + ", ".join(SETTABLE))
+    return None
+
+
+def _table_dataset(store: Store, table: str, rounds: list[int]):
+    """One Arrow dataset over a table's shards in all its rounds, with the round as a column
+    (as DuckDB's ``hive_partitioning`` gives it) and columns unioned by name across rounds."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    def on_fs(f) -> str:  # a remote store's files come as URLs; pyarrow's filesystem wants paths
+        return str(f).split("://", 1)[1] if store.remote else str(f)
+
+    per_round = [[on_fs(f) for f in store.files(r, table)] for r in rounds]
+    # Every shard of one round's table has its writer's schema: one footer per round suffices.
+    schemas = [pq.read_schema(files[0], filesystem=store.arrow_fs) for files in per_round if files]
+    files = [f for fs in per_round for f in fs]
+    if not files:
+        return None
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    if "round" not in schema.names:
+        schema = schema.append(pa.field("round", pa.int64()))
+    root = on_fs(store.root)
+    return ds.dataset(files, schema=schema, format="parquet", filesystem=store.arrow_fs,
+                      partitioning=ds.partitioning(pa.schema([("round", pa.int64())]), flavor="hive"),
+                      partition_base_dir=root)
+
+
+@contextmanager
+def read_only_connection(store: Store) -> Iterator:
+    """A DuckDB connection with one view per finished table over all rounds, that opens no
+    file of its own: external access off, the configuration locked."""
+    import duckdb
+
+    spill = tempfile.mkdtemp(prefix="alma-query-")
+    con = duckdb.connect(":memory:")
+    try:
+        for table, rounds in store.done_tables().items():
+            dataset = _table_dataset(store, table, rounds)
+            if dataset is not None:
+                con.register(table, dataset)
+        con.execute("SET allowed_directories = []")
+        con.execute("SET allowed_paths = []")
+        con.execute("SET temp_directory = ?", [spill])  # DuckDB allows its temporary folder itself
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET autoload_known_extensions = false")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET allowed_configs = ?", [list(SETTABLE)])
+        con.execute("SET lock_configuration = true")
+        yield con
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
