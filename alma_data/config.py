@@ -86,6 +86,11 @@ class JudgeConfig:
     """After the first feedback round, train the judge on its own real-valued scores."""
     distill_samples: int = 20000
     """Judged pairs sampled for self-distillation (paper: ~20k)."""
+    distill_target: Literal["soft", "rounded"] = "rounded"
+    """What self-distillation trains the judge on: ``rounded``, the teacher's real-valued
+    score rounded to an integer answer ``Rating: [[s]]``; ``soft``, a loss against the
+    teacher's 11-way distribution at the rating position (training/distill.py). The seed
+    annotations keep their hard targets either way."""
     batch_size_score: int = 8
     """Pairs scored per forward pass."""
     dtype: Literal["auto", "float32", "bfloat16"] = "float32"
