@@ -177,6 +177,47 @@ def build_report(store: Store) -> Path:
         "max(value) filter (where metric = 'spearman_real') as spearman_real "
         "from judge_quality group by all order by round", quality)
 
+    def user_scores(ax, rows):
+        sets = list(dict.fromkeys(r[0] for r in rows))
+        names = list(dict.fromkeys(r[1] for r in rows))
+        width = 0.8 / max(1, len(names))
+        for i, name in enumerate(names):
+            pts = [(sets.index(r[0]), r[2], r[3], r[4]) for r in rows if r[1] == name]
+            xs = [p[0] + (i - (len(names) - 1) / 2) * width for p in pts]
+            ax.bar(xs, [p[1] for p in pts], width=width, label=name,
+                   yerr=[[p[1] - (p[2] if p[2] is not None else p[1]) for p in pts],
+                         [(p[3] if p[3] is not None else p[1]) - p[1] for p in pts]], capsize=3)
+        ax.set_xticks(range(len(sets)), sets)
+        ax.set_ylabel("mean judge score (95% interval)")
+        ax.legend()
+
+    add("user_eval", "Your prompt sets: mean score per checkpoint",
+        "alma-data eval: each set's prompts answered greedily by each checkpoint, scored by one judge (table "
+        "user_eval_summary; the answers are in user_eval).",
+        "select eval_set, checkpoint, value as mean_score, low, high, n, judge from user_eval_summary "
+        "where metric = 'mean_score' order by eval_set, checkpoint", user_scores)
+
+    def user_wins(ax, rows):
+        labels = [f"{r[0]}: {r[1]}" for r in rows]
+        ax.bar([k - 0.2 for k in range(len(rows))], [r[2] or 0 for r in rows], width=0.4, label="win rate")
+        ax.bar([k + 0.2 for k in range(len(rows))], [r[3] or 0 for r in rows], width=0.4, label="at equal length")
+        ax.axhline(0.5, color="grey", lw=0.8)
+        ax.set_xticks(range(len(rows)), labels, rotation=20, ha="right")
+        ax.set_ylim(0, 1)
+        ax.legend()
+
+    add("user_eval_wins", "Your prompt sets: win rate of the last model, raw and at equal length",
+        "Paired win rate (ties half) of the newest checkpoint against the others, and the same at equal answer "
+        "length (intercept of the win indicator regressed on the length difference); length_share is the part "
+        "of the score difference that length explains.",
+        "select eval_set, checkpoint || ' vs ' || versus as comparison, "
+        "max(value) filter (where metric = 'win_rate') as win_rate, "
+        "max(value) filter (where metric = 'win_rate_at_equal_length') as win_rate_equal_length, "
+        "max(value) filter (where metric = 'score_difference') as score_difference, "
+        "max(value) filter (where metric = 'difference_at_equal_length') as difference_equal_length, "
+        "max(value) filter (where metric = 'length_share') as length_share "
+        "from user_eval_summary where versus is not null group by all order by all", user_wins)
+
     _write_markdown(store, out, figures)
     _write_html(store, out, figures)
     store.upload_dir(out, "report")
