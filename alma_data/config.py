@@ -71,6 +71,19 @@ class TrainConfig:
     """Every this many optimiser steps, save the trainer's state (weights, optimiser, data
     order) so a killed build resumes training from there (0: no intermediate saves; a killed
     training starts over). Applies to every trainer of the build, the judge's too."""
+    launcher: Literal["inprocess", "accelerate"] = "inprocess"
+    """How a checkpoint is trained: in the build's process on one device, or by ``accelerate
+    launch`` of the same trainer in ``num_processes`` processes (one a GPU; gloo on CPUs),
+    which the build waits for. With one process both make the same weights."""
+    num_processes: int = 1
+    """Data-parallel training processes (``launcher=accelerate``; with ``executor=ray``, on the
+    node the training task runs on). The effective batch stays ``batch_size x
+    gradient_accumulation``: each process takes a per-device share of it. Part of the
+    recipe: the processes' gradients add up in another order, so the weights differ in
+    their last bits from another process count."""
+    accelerate_config: str = ""
+    """An ``accelerate config`` file (multi-GPU, DeepSpeed ZeRO, FSDP) for ``launcher=accelerate``;
+    ``num_processes`` and the precision (``bf16``) are the recipe's whatever the file says."""
 
 
 @dataclass
@@ -215,6 +228,16 @@ class RayConfig:
     num_cpus_per_worker: float = 1.0
     num_gpus_per_worker: float = 0.0
     """1 for one vLLM instance per GPU."""
+    train_gpus: float = 0.0
+    """GPUs of the Ray task that trains a checkpoint (on one node); ``train.num_processes``
+    processes share them, one a GPU."""
+    train_cpus: float = 1.0
+    """CPUs of the training task (and torch threads, where it trains on CPUs)."""
+    train_nodes: int = 1
+    """Nodes one training spans (``train.launcher=accelerate``): a Ray task on each, with
+    ``train_gpus`` / ``train_cpus`` each and ``train.num_processes / train_nodes`` processes,
+    launched as machines 0..N-1 of one ``accelerate launch``. Needs the runs folder on a
+    filesystem every node mounts at the same path (not a bucket)."""
 
 
 @dataclass
@@ -224,9 +247,9 @@ class Recipe:
     """Base model M0: an embedded name, a Hub id, a local folder, or ``run:<round>/<checkpoint>``."""
     engine: Literal["transformers", "vllm", "openai"] = "transformers"
     """What samples and scores: transformers (CPU/GPU, default), vllm (GPU extra), or an
-    OpenAI-compatible server (``openai.base_url``). Training always runs locally."""
+    OpenAI-compatible server (``openai.base_url``). Training is ``train.launcher``'s."""
     executor: Literal["local", "ray"] = "local"
-    """Where sampling and judging shards run: this process, or tasks on a Ray cluster."""
+    """Where sampling and judging shards and trainings run: this process, or tasks on a Ray cluster."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Inference dtype; ``auto`` is bfloat16 where the CPU or GPU supports it, else float32."""
     seed: int = 0
@@ -256,7 +279,7 @@ class Recipe:
 
 
 EXECUTION_KEYS = (
-    "executor", "ray", "vllm", "train.save_steps",
+    "executor", "ray", "vllm", "train.save_steps", "train.launcher", "train.accelerate_config",
     "openai.base_url", "openai.api_key_env", "openai.max_concurrency", "openai.timeout",
     "openai.max_retries", "openai.cache",
 )

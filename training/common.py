@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +26,39 @@ class TrainSpec:
     seed: int = 0
     save_steps: int = 0
     """Save the trainer's state every this many steps (0: never), for resuming."""
+    num_processes: int = 1
+    """Data-parallel processes the effective batch (``batch_size x gradient_accumulation``)
+    is spread over; each sees ``per_device x accumulation`` of it a step (:func:`layout`)."""
+
+
+class LayoutError(ValueError):
+    """The recipe's effective batch cannot be split evenly over the processes."""
+
+
+def layout(spec: TrainSpec) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) so that processes x per-device x accumulation is
+    the recipe's effective batch, ``batch_size x gradient_accumulation``, with the per-device
+    batch at most the recipe's ``batch_size`` (what it deemed fits a device) and as few
+    accumulation steps as that allows. A step then covers the same consecutive examples of
+    the shuffled order as one process would: the sampler's permutation is the same on every
+    process (seeded by ``data_seed``) and process k takes every k-th per-device batch."""
+    n = max(1, spec.num_processes)
+    effective = spec.batch_size * spec.gradient_accumulation
+    if n == 1:
+        return spec.batch_size, spec.gradient_accumulation
+    if effective % n:
+        raise LayoutError(
+            f"train.batch_size x train.gradient_accumulation = {spec.batch_size} x {spec.gradient_accumulation} = "
+            f"{effective} examples a step cannot be split over train.num_processes={n}: choose a process count "
+            f"that divides {effective}, or a batch_size / gradient_accumulation whose product it divides")
+    share = effective // n
+    accumulation = next(d for d in range(1, share + 1) if share % d == 0 and share // d <= spec.batch_size)
+    return share // accumulation, accumulation
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launched training (``accelerate launch`` sets RANK), or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def load_base(model_path: str):
@@ -66,12 +100,13 @@ def parquet_dataset(files: list[str | Path], columns: list[str], to_example: Cal
 
 def common_args(spec: TrainSpec, out_dir: Path, n_examples: int) -> dict[str, Any]:
     """TrainingArguments both TRL configs take."""
+    per_device, accumulation = layout(spec)
     return dict(
         output_dir=str(out_dir / "_trainer"),
         num_train_epochs=spec.epochs,
         max_steps=spec.max_steps,
-        per_device_train_batch_size=spec.batch_size,
-        gradient_accumulation_steps=spec.gradient_accumulation,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
         learning_rate=spec.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=spec.warmup_ratio,  # a float below 1 is a ratio of all steps
@@ -88,9 +123,10 @@ def common_args(spec: TrainSpec, out_dir: Path, n_examples: int) -> dict[str, An
     )
 
 
-def last_complete_save(folder: Path) -> Path | None:
+def last_complete_save(folder: Path, world_size: int = 1, remove: bool = True) -> Path | None:
     """The newest ``checkpoint-N`` the trainer finished saving (its ``trainer_state.json`` is
-    written last); newer ones cut short by a kill are removed."""
+    written last by rank 0; with several processes each also leaves its ``rng_state_K.pth``,
+    which may come after); newer ones cut short by a kill are removed (``remove``)."""
     if not folder.is_dir():
         return None
     saves = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()),
@@ -98,25 +134,36 @@ def last_complete_save(folder: Path) -> Path | None:
     for p in saves:
         try:
             json.loads((p / "trainer_state.json").read_text())
+            if world_size > 1 and not all((p / f"rng_state_{k}.pth").is_file() for k in range(world_size)):
+                raise OSError("a process's state is missing")
             return p
         except (OSError, ValueError):  # missing, or cut short mid-write
-            shutil.rmtree(p, ignore_errors=True)
+            if remove:
+                shutil.rmtree(p, ignore_errors=True)
     return None
 
 
 def run_and_save(trainer, tokenizer, out_dir: Path, spec: TrainSpec, base: str, n_examples: int,
                  log: Callable[[str], None], kind: str) -> dict[str, Any]:
     t0 = time.time()
-    resume = last_complete_save(out_dir / "_trainer")
-    if resume:
+    main = is_main_process()
+    world = max(1, spec.num_processes)
+    # A launcher cleans up cut-short saves before it starts the processes; they only look.
+    resume = last_complete_save(out_dir / "_trainer", world, remove=world == 1)
+    if resume and main:
         log(f"  {kind}: resuming from {resume.name} (saved before the last stop)")
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - t0
-    trainer.save_model(str(out_dir))
+    trainer.save_model(str(out_dir))  # only rank 0 writes
+    if not main:
+        return {}
     tokenizer.save_pretrained(str(out_dir))
     shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
     seen = min(n_examples * spec.epochs, result.global_step * spec.batch_size * spec.gradient_accumulation) \
         if spec.max_steps > 0 else n_examples * spec.epochs
+    per_device, accumulation = layout(spec)
+    dist = torch.distributed
+    backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else None
     summary = {
         "trainer": kind,
         "base": base,
@@ -125,6 +172,11 @@ def run_and_save(trainer, tokenizer, out_dir: Path, spec: TrainSpec, base: str, 
         "steps": result.global_step,
         "train_loss": float(result.training_loss),
         "seconds": round(seconds, 2),
+        "world_size": world,
+        "backend": backend,
+        "per_device_batch_size": per_device,
+        "gradient_accumulation_steps": accumulation,
+        "effective_batch_size": world * per_device * accumulation,
         "spec": asdict(spec),
     }
     (out_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
