@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SECTIONS = ["select", "dedup", "near_dedup", "rebalance", "memory"]
+SECTIONS = ["select", "dedup", "near_dedup", "rebalance", "memory", "verify"]
 
 
 # -- stages (each runs in a subprocess) -------------------------------------------------------
@@ -264,7 +264,23 @@ def stage_datatrove(store, work: Path, args) -> dict:
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": round(time.perf_counter() - t0, 2)}
 
 
-STAGES = {"select": stage_select, "select_reference": stage_select, "select_pandas": stage_select_pandas, "dedup": stage_dedup,
+def stage_verify(store, work: Path, args) -> dict:
+    """``alma-data verify``'s full check (sha256 of every shard), then the cheap check every read
+    does (listing, sizes, footers) over every table."""
+    from alma_data.integrity import check_table, verify_run
+
+    report = verify_run(store, threads=args.threads, progress=False)
+    t0 = time.perf_counter()
+    tables = [(r, t) for t, rounds in store.done_tables().items() for r in rounds]
+    cheap = sum(len(check_table(store, r, t)) for r, t in tables)
+    cheap_s = time.perf_counter() - t0
+    return {"seconds": round(report.seconds, 2), "files": report.files, "bytes": report.bytes,
+            "mb_per_s": round(report.mb_per_s, 1), "damaged": len(report.damage), "tables": len(tables),
+            "cheap_s": round(cheap_s, 3), "cheap_damaged": cheap,
+            "judgments": store.manifest(2, "judgments")["rows"]}
+
+
+STAGES = {"select": stage_select, "verify": stage_verify, "select_reference": stage_select, "select_pandas": stage_select_pandas, "dedup": stage_dedup,
           "near_dedup": stage_near_dedup,
           "near_dedup_datatrove": stage_near_dedup_datatrove, "kmeans": stage_kmeans, "rebalance": stage_rebalance,
           "datatrove": stage_datatrove}
@@ -485,6 +501,14 @@ def main() -> None:
                 sel = run_stage("select", runs_dir, run, runs_dir / f"work_{label}", args, memory_limit=limit)
                 figures["memory"][f"select_{limit}"][label] = sel
                 line(f"{label}: select, memory_limit={limit}", sel, select_split(sel))
+    if "verify" in sections:
+        print(f"alma-data verify: sha256 of every shard against its manifest ({args.threads} threads), "
+              "then the cheap check every read does", flush=True)
+        r = run_stage("verify", runs_dir, "bench", work, args)
+        figures["verify"] = r
+        line(f"{r['files']:,} shards, {r['bytes'] / 1e6:,.0f} MB, {r['judgments']:,} judgments", r,
+             f"{r['mb_per_s']:,.0f} MB/s, {r['damaged']} damaged; cheap check of {r['tables']} tables "
+             f"{r['cheap_s']:.2f}s")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
 
