@@ -515,6 +515,12 @@ def main(argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr)
         return code
     except Exception as exc:
+        import duckdb
+
+        if isinstance(exc, duckdb.InterruptException):  # Ctrl-C while DuckDB ran a query
+            line, code = _stopped_line(args, argv, KeyboardInterrupt())
+            print(line, file=sys.stderr)
+            return code
         described = _error_line(exc, args)
         if described is None:
             raise

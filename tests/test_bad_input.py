@@ -27,12 +27,15 @@ import pytest
 from conftest import ROOT
 
 RUN = "base"
-ENV = {**os.environ, "TQDM_DISABLE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "TQDM_DISABLE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "alma_data", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV, cwd=ROOT)
+                          timeout=timeout, env=env(), cwd=ROOT)
 
 
 def folder_hash(folder: Path) -> str:
@@ -59,14 +62,15 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """A finished tiny round-1 run. It is first tried with a refused seed file: the rerun with
+    """A finished tiny round-1 run (one m1 checkpoint, to be quick). It is first tried with a refused seed file: the rerun with
     the file fixed (here: the bundled seeds) is a new run to the build, not "another recipe"."""
     runs = tmp_path_factory.mktemp("runs")
     bad = runs.parent / "latin1.jsonl"
     bad.write_bytes('{"prompt": "Caf\u00e9?", "response": "Oui."}\n'.encode("latin-1"))
     refused = cli("build", "round=1", "recipe=tiny", f"runs_dir={runs}", f"run={RUN}", f"seeds.sft={bad}")
     assert refused.returncode == 2 and "latin1.jsonl:1" in one_line(refused)
-    built = cli("build", "round=1", "recipe=tiny", f"runs_dir={runs}", f"run={RUN}", "--quiet", timeout=600)
+    built = cli("build", "round=1", "recipe=tiny", f"runs_dir={runs}", f"run={RUN}", "train.m1_seeds=[1]", "--quiet",
+                timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     return runs
 
@@ -102,9 +106,13 @@ RECIPE_CASES = [
     Case("prompts.k=0", BUILD + ["round=2", "prompts.k=0"], ["prompts.k=0", "at least 1"]),
     Case("store.shard_rows=0", BUILD + ["store.shard_rows=0"], ["store.shard_rows=0", "at least 1"]),
     Case("seeds.eval_prompts=-1", BUILD + ["seeds.eval_prompts=-1"], ["seeds.eval_prompts=-1", "0 or more"]),
-    Case("checkpoint_mix-round3", BUILD + ["round=3", "responses.checkpoint_mix=[1,1]"],
+    # the issue's case: the tiny recipe's two m1 checkpoints and round 3's previous model need three weights
+    Case("checkpoint_mix-round3", ["build", "round=3", "recipe=tiny", "runs_dir={runs}", "run=never",
+                                   "responses.checkpoint_mix=[1,1]"],
          ["responses.checkpoint_mix=[1, 1]", "3 checkpoints", "checkpoint_mix=[1,1,1]"]),
-    Case("checkpoint_mix-all-zero", BUILD + ["round=2", "responses.checkpoint_mix=[0,0,1]"],
+    Case("checkpoint_mix-on-the-run", BUILD + ["round=3", "responses.checkpoint_mix=[1]"],
+         ["responses.checkpoint_mix=[1]", "2 checkpoints", "checkpoint_mix=[1,1]"]),
+    Case("checkpoint_mix-all-zero", BUILD + ["round=2", "responses.checkpoint_mix=[0,1]"],
          ["checkpoint_mix", "sum to 0"]),
     Case("shots_min>shots_max", BUILD + ["prompts.shots_min=6", "prompts.shots_max=4"],
          ["prompts.shots_min=6", "prompts.shots_max=4"]),
@@ -270,7 +278,7 @@ def test_a_full_disk_inside_a_library_is_recognised():
 def test_a_stopped_build_says_so_and_how_to_resume(signum, code, how, tmp_path: Path):
     args = ["build", "round=1", "recipe=tiny", f"runs_dir={tmp_path}", "run=stopped"]
     proc = subprocess.Popen([sys.executable, "-m", "alma_data", *args], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, env=ENV, cwd=ROOT)
+                            stdout=subprocess.DEVNULL, text=True, env=env(), cwd=ROOT)
     lines: list[str] = []
     seeds_done = threading.Event()
 
@@ -303,14 +311,14 @@ def test_a_stopped_build_says_so_and_how_to_resume(signum, code, how, tmp_path: 
 def test_output_into_a_closed_pipe_ends_quietly(runs: Path):
     # alma-data runs | head -3, with the reader gone before a byte is written
     proc = subprocess.Popen([sys.executable, "-m", "alma_data", "runs", f"runs_dir={runs}"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=ENV, cwd=ROOT)
+                            stderr=subprocess.PIPE, env=env(), cwd=ROOT)
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 141 and err == ""
     # and through a real head, with more output than a pipe holds
     shell = subprocess.run(["bash", "-c", f"{sys.executable} -m alma_data query runs_dir={runs} run={RUN} --format csv "
                             "'select * from range(300000)' | head -3; echo status ${PIPESTATUS[0]} >&2"],
-                           capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+                           capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120)
     assert shell.stdout.splitlines() == ["range", "0", "1"]
     assert shell.stderr.strip() == "status 141", shell.stderr
 
@@ -324,3 +332,27 @@ def test_a_run_whose_seeds_were_refused_takes_the_fixed_recipe(tmp_path: Path):
     check_run(store, load_recipe("tiny", {"seeds.sft": str(tmp_path / "bad.jsonl")}))  # then the seeds fail
     check_run(store, load_recipe("tiny"))  # nothing was built: no "another recipe", no --force
     assert store.read_run()["fingerprint"] == load_recipe("tiny").fingerprint()
+
+
+def test_a_query_over_a_run_in_a_bucket_reads_and_cannot_write(s3_server):
+    from alma_data.store import Store, write_table
+
+    uri = s3_server()
+    store = Store(uri, "r")
+    schema = pa.schema([("x", pa.int64())])
+    store.write_run({"name": "x"}, "fp")
+    write_table(store, 1, "t", [{"x": i} for i in range(5)], config_hash="h", schema=schema, shard_rows=2)
+    write_table(store, 2, "t", [{"x": 10}], config_hash="h", schema=schema)
+    before = {(r, s["file"]): s["sha256"] for r in (1, 2) for s in store.manifest(r, "t")["shards"]}
+    ok = cli("query", f"runs_dir={uri}", "run=r", "--format", "json",
+             "select round, count(*) as n, sum(x) as s from t group by all order by 1")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == [{"round": 1, "n": 5, "s": 10}, {"round": 2, "n": 1, "s": 10}]
+    shard = store.files(1, "t")[0]
+    for sql in (f"COPY (select 1 as x) TO '{shard}' (FORMAT parquet)", f"select * from read_parquet('{shard}')"):
+        refused = cli("query", f"runs_dir={uri}", "run=r", sql)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    after = {(r, s["file"]): s["sha256"] for r in (1, 2) for s in store.manifest(r, "t")["shards"]}
+    assert after == before
+    for (r, name), sha in before.items():  # the objects themselves, not only what the manifests say
+        assert hashlib.sha256(store.fs.cat_file(f"{store.table_dir(r, 't')}/{name}")).hexdigest() == sha
