@@ -47,6 +47,7 @@ RULES: list[_Rule] = [
     ("train.warmup_ratio", _between(0, 1, open_high=True), "from 0 up to (not including) 1"),
     ("train.dpo_beta", _positive, "above 0, e.g. 0.1"),
     ("train.save_steps", _min(0), "0 (no intermediate saves) or more"),
+    ("train.num_processes", _min(1), "at least 1 (training processes)"),
     ("judge.scale", _between(1, 100), "from 1 to 100 (scores are the integers 0..scale)"),
     ("judge.epochs", _positive, "above 0"),
     ("judge.learning_rate", _positive, "above 0, e.g. 1e-4"),
@@ -86,7 +87,12 @@ RULES: list[_Rule] = [
     ("ray.num_workers", _min(0), "0 (as many as the cluster allows) or more"),
     ("ray.num_cpus_per_worker", _min(0), "0 or more"),
     ("ray.num_gpus_per_worker", _min(0), "0 or more"),
+    ("ray.train_cpus", _min(0), "0 or more"),
+    ("ray.train_gpus", _min(0), "0 or more"),
+    ("ray.train_nodes", _min(1), "at least 1"),
 ]
+UNCHECKED = ("seed",)
+"""Numeric keys any value of which is fine."""
 
 
 def _get(recipe: Recipe, key: str) -> Any:
@@ -130,6 +136,15 @@ def check_values(recipe: Recipe) -> None:
                           "model; give distinct seeds, e.g. train.m1_seeds=[1,2]")
     if len(t.m1_seeds) > 26:
         raise RecipeError(f"train.m1_seeds has {len(t.m1_seeds)} seeds; at most 26 (m1a..m1z)")
+    if t.num_processes != 1 and t.launcher == "inprocess":
+        raise RecipeError(f"train.num_processes={t.num_processes} needs train.launcher=accelerate: the in-process "
+                          "trainer is one process")
+    ray = recipe.ray
+    if ray.train_cpus <= 0 and ray.train_gpus <= 0:
+        raise RecipeError("ray.train_cpus and ray.train_gpus are both 0: the training task needs a CPU or a GPU")
+    if ray.train_nodes > 1 and t.num_processes % ray.train_nodes:
+        raise RecipeError(f"train.num_processes={t.num_processes} does not split evenly over ray.train_nodes="
+                          f"{ray.train_nodes}; make it a multiple of train_nodes")
     mix = r.checkpoint_mix
     if any(w < 0 for w in mix):
         raise RecipeError(f"responses.checkpoint_mix={mix} has a negative weight; weights are shares of "

@@ -356,3 +356,24 @@ def test_a_query_over_a_run_in_a_bucket_reads_and_cannot_write(s3_server):
     assert after == before
     for (r, name), sha in before.items():  # the objects themselves, not only what the manifests say
         assert hashlib.sha256(store.fs.cat_file(f"{store.table_dir(r, 't')}/{name}")).hexdigest() == sha
+
+
+def test_every_numeric_knob_has_a_range():
+    import dataclasses
+    import typing
+
+    from alma_data.config import Recipe
+    from alma_data.recipe_checks import RULES, UNCHECKED
+
+    def keys(cls, prefix=""):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                yield from keys(hints[f.name], f"{prefix}{f.name}.")
+            elif hints[f.name] in (int, float):
+                yield prefix + f.name
+
+    ruled = {key for key, _, _ in RULES}
+    numeric = set(keys(Recipe))
+    assert numeric - ruled - set(UNCHECKED) == set(), "a numeric recipe key without a range in recipe_checks.RULES"
+    assert ruled - numeric == set(), "a rule for a key the recipe does not have"
