@@ -62,8 +62,10 @@ class TrainConfig:
     max_steps: int = -1
     """Stop after this many optimiser steps (-1: run the epochs)."""
     warmup_ratio: float = 0.05
-    bf16: bool = False
-    """Train in bfloat16 (fast on GPUs and recent CPUs); fp32 otherwise."""
+    bf16: bool | Literal["auto"] = "auto"
+    """Train in bfloat16: ``auto`` where the GPU or CPU computes it natively (AVX512-BF16,
+    AMX, Arm BF16; alma_data/precision.py), float32 elsewhere, where emulated bf16 was ~50x
+    slower. An execution choice: the checkpoint's manifest records what was used."""
     m1_seeds: list[int] = field(default_factory=lambda: [1, 2])
     """Round 1 trains one SFT checkpoint per seed: m1a, m1b, ..."""
     dpo_beta: float = 0.1

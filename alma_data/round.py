@@ -10,7 +10,7 @@ from alma_data.config import Recipe, RecipeError, fingerprint, recipe_from_dict
 from alma_data.errors import AlmaError
 from alma_data.recipe_checks import check_for_rounds
 from alma_data.stages.base import Context
-from alma_data.stages.evaluate import evaluate_round
+from alma_data.stages.evaluate import answer_heldout, evaluate_round
 from alma_data.stages.judge import judge_eval
 from alma_data.stages.prompts import cluster_candidates, select_prompts, synthesize_candidates
 from alma_data.stages.responses import judge_responses, sample_responses
@@ -32,12 +32,14 @@ def m1_names(recipe: Recipe) -> list[str]:
 def round_plan(recipe: Recipe, r: int) -> list[tuple[str, str]]:
     """What round r leaves in the store when done: ("table" | "checkpoint", name), in build order."""
     if r == 1:
-        return ([("table", "prompts"), ("table", "sft"), ("table", "judge_seed")]
-                + [("checkpoint", n) for n in m1_names(recipe)]
-                + [("checkpoint", "judge"), ("table", "judge_eval"), ("table", "judge_quality"), ("table", "eval")])
+        first, *others = m1_names(recipe)
+        return ([("table", "prompts"), ("table", "sft"), ("table", "judge_seed"), ("checkpoint", first),
+                 ("table", "eval_answers"), ("checkpoint", "judge"), ("table", "judge_eval"),
+                 ("table", "judge_quality"), ("table", "eval")]
+                + [("checkpoint", n) for n in others])
     plan = [("table", t) for t in ("prompt_candidates", "prompt_clusters", "prompts", "responses", "judgments",
                                    "sft", "dpo", "judge_distill")]
-    plan.append(("checkpoint", f"m{r}"))
+    plan += [("checkpoint", f"m{r}"), ("table", "eval_answers")]
     if r == 2 and recipe.judge.self_distill:
         plan += [("checkpoint", "judge"), ("table", "judge_eval"), ("table", "judge_quality")]
     return plan + [("table", "eval")]
@@ -88,11 +90,17 @@ def check_run(store: Store, recipe: Recipe, force: bool = False) -> None:
 def build_round1(ctx: Context) -> None:
     seed_stage(ctx)
     ctx.store.write_run(ctx.recipe.to_dict(), ctx.recipe.fingerprint())  # the seeds passed: the run takes this recipe
-    for name, seed in zip(m1_names(ctx.recipe), ctx.recipe.train.m1_seeds):
-        train_policy(ctx, 1, name, seed, [TableRef(1, "sft")])
+    (first, *others), (seed, *other_seeds) = m1_names(ctx.recipe), ctx.recipe.train.m1_seeds
+    train_policy(ctx, 1, first, seed, [TableRef(1, "sft")])
+    # m1a's held-out answers right after it, and the judge before the other round-1
+    # checkpoints: a new build shows a trained model's answers after one training, and
+    # their scores after two.
+    answer_heldout(ctx, 1)
     train_judge(ctx, 1, "judge", [TableRef(1, "judge_seed")])
     judge_eval(ctx, 1, "judge")
     evaluate_round(ctx, 1)
+    for name, seed in zip(others, other_seeds):
+        train_policy(ctx, 1, name, seed, [TableRef(1, "sft")])
 
 
 def build_feedback_round(ctx: Context, r: int) -> None:
@@ -109,6 +117,7 @@ def build_feedback_round(ctx: Context, r: int) -> None:
         train_policy(ctx, r, f"m{r}", recipe.seed, [TableRef(k, "sft") for k in range(1, r + 1)])
     else:
         train_dpo(ctx, r, f"m{r}", TableRef(r, "dpo"), start=(1, m1_names(recipe)[0]))
+    answer_heldout(ctx, r)
     if r == 2 and recipe.judge.self_distill:
         # After the first feedback round the judge learns from its own real-valued scores.
         train_judge(ctx, 2, "judge", [TableRef(1, "judge_seed"), TableRef(2, "judge_distill")], start=(1, "judge"))
@@ -156,5 +165,5 @@ def _build(recipe: Recipe, store: Store, target_round: int, *, force: bool, quie
     else:
         ctx.log(f"round {target_round} built: {len(ctx.ran)} stages run, {len(ctx.skipped)} already done, "
                 f"{seconds:.1f}s, peak memory {peak:.0f} MiB; look at it with: "
-                f"alma-data query run={store.run} \"select round, count(*) from sft group by all\"")
+                f"alma-data query {store.cli_args()} \"select round, count(*) from sft group by all\"")
     return ctx

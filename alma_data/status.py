@@ -80,7 +80,7 @@ def format_status(store: Store) -> str:
     elif todo:
         first = todo[0]
         lines += ["", f"next: round {first.round}, {first.kind} {first.name} ({first.state}). "
-                      f"Resume with: alma-data build round={first.round} run={store.run}"]
+                      f"Resume with: alma-data build round={first.round} {store.cli_args()}"]
     else:
         lines += ["", "every round of the recipe is built"]
     return "\n".join(lines)

@@ -99,7 +99,7 @@ def test_status_on_a_partial_run(tiny_run, tmp_path):
     (responses / "_manifest.json").unlink()
     (responses / "part-00001.parquet").unlink()
     shutil.rmtree(runs / "shared" / "round=3" / "checkpoints")
-    for t in ("judgments", "sft", "dpo", "judge_distill", "eval"):
+    for t in ("judgments", "sft", "dpo", "judge_distill", "eval_answers", "eval"):
         shutil.rmtree(runs / "shared" / "round=3" / t)
     _, items = run_status(Store(runs, "shared"))
     state = {(i.round, i.name): (i.state, i.detail) for i in items}

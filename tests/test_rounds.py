@@ -129,7 +129,7 @@ def test_dpo_trainer_trains_m2_from_m1a_on_the_pairs(tmp_path, tiny_run):
 
     runs = tmp_path / "runs"
     shutil.copytree(tiny_run / "shared", runs / "dpo")
-    for path in [runs / "dpo" / "round=3", runs / "dpo" / "round=2" / "checkpoints", runs / "dpo" / "round=2" / "eval"]:
+    for path in [runs / "dpo" / "round=3", runs / "dpo" / "round=2" / "checkpoints", runs / "dpo" / "round=2" / "eval_answers", runs / "dpo" / "round=2" / "eval"]:
         shutil.rmtree(path)
     # a new run with the same data so far, switched to DPO: only M_2 (and what follows) is redone
     out = run_cli("build", "round=2", "run=dpo", f"runs_dir={runs}", "train.trainer=dpo", "--force")

@@ -30,11 +30,12 @@ class Context:
         if not self.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    def show_example(self, what: str, prompt: str, answer: str, score: float, query: str) -> None:
+    def show_example(self, what: str, prompt: str, answer: str, score: float | None, query: str) -> None:
         """One real row of a table just written, and the query that shows the rest, so the
         first model output is on screen minutes into a build rather than at its end."""
         clip = lambda t, n: (" ".join(t.split())[:n] + ("..." if len(" ".join(t.split())) > n else ""))
-        self.log(f"  e.g. {what}: {clip(prompt, 70)!r}\n    -> {clip(answer, 160)!r}  (judge: {score:.2f})\n"
+        judged = "" if score is None else f"  (judge: {score:.2f})"
+        self.log(f"  e.g. {what}: {clip(prompt, 70)!r}\n    -> {clip(answer, 160)!r}{judged}\n"
                  f"  all of them: alma-data query {self.store.cli_args()} \"{query}\"")
 
     def open_engine(self, model_path: str, *, name: str = "base", round: int | None = None,
