@@ -86,17 +86,20 @@ def _changed_content(store: Store, path: str, entry: dict, sha: str | None) -> b
     return _hashes[key] != sha
 
 
-def _check_file(store: Store, path: str, entry: dict | None, recorded: dict) -> str | None:
-    """What is wrong with one listed file (None: nothing the cheap check sees)."""
+def _check_file(store: Store, path: str, entry: dict | None, recorded: dict, moved: list | None = None) -> str | None:
+    """What is wrong with one listed file (None: nothing the cheap check sees). A file whose
+    time moved but whose bytes are the recorded ones goes into ``moved``."""
     if entry is None:
         return "missing"
     size = recorded.get("bytes")
     if size is not None and entry["size"] != size:
         return f"{entry['size']:,} bytes where the manifest recorded {size:,} (cut short or rewritten)"
     mtime = recorded.get("mtime")
-    if mtime is not None and entry["mtime"] is not None and abs(entry["mtime"] - mtime) > MTIME_SLACK \
-            and _changed_content(store, path, entry, recorded.get("sha256")):
-        return "changed after it was written: its sha256 is not the one the manifest recorded"
+    if mtime is not None and entry["mtime"] is not None and abs(entry["mtime"] - mtime) > MTIME_SLACK:
+        if _changed_content(store, path, entry, recorded.get("sha256")):
+            return "changed after it was written: its sha256 is not the one the manifest recorded"
+        if moved is not None:
+            moved.append((recorded["file"], entry["mtime"]))
     return None
 
 
@@ -105,8 +108,10 @@ def _footer_rows(store: Store, path: str) -> int:
         return pq.read_metadata(f).num_rows
 
 
-def check_table(store: Store, round: int, table: str, manifest: dict | None = None) -> list[Damage]:
-    """The cheap check of a finished table (an unfinished one has nothing to check: [])."""
+def check_table(store: Store, round: int, table: str, manifest: dict | None = None,
+                moved: list | None = None) -> list[Damage]:
+    """The cheap check of a finished table (an unfinished one has nothing to check: []).
+    Shards touched but unchanged (a copy that did not keep times) go into ``moved``."""
     folder = store._table(round, table)
     if manifest is None:
         try:
@@ -119,7 +124,7 @@ def check_table(store: Store, round: int, table: str, manifest: dict | None = No
     damage = []
     for shard in manifest["shards"]:
         path = _join(folder, shard["file"])
-        problem = _check_file(store, path, entries.get(shard["file"]), shard)
+        problem = _check_file(store, path, entries.get(shard["file"]), shard, moved)
         if problem is None:
             try:
                 rows = _footer_rows(store, path)
@@ -166,6 +171,18 @@ def require_table(store: Store, round: int, table: str, manifest: dict) -> None:
 
 
 # -- repair ------------------------------------------------------------------------------------
+def restamp_table(store: Store, round: int, table: str, moved: list[tuple[str, float]]) -> None:
+    """Record the new times of shards found unchanged by their hash (a run copied without its
+    files' times), so later reads need not hash them again. Only a build does this: it holds
+    the run's lock, and a manifest's hash does not cover the times."""
+    manifest = store.manifest(round, table)
+    times = dict(moved)
+    for shard in manifest["shards"]:
+        if shard["file"] in times:
+            shard["mtime"] = times[shard["file"]]
+    store._write_json(_join(store._table(round, table), MANIFEST), manifest)
+
+
 def quarantine_table(store: Store, round: int, table: str, damage: list[Damage]) -> None:
     """Remove what the stage must write again: the damaged shards and the manifest (so the
     stage runs and resumes from the intact shards), or, when the manifest itself is

@@ -195,3 +195,19 @@ def test_damage_in_a_bucket_is_found_by_the_cheap_check_and_by_verify(s3_server,
         fresh.read(1, "t")
     proc = run_cli("verify", "--quiet", f"runs_dir={uri}", "run=r", check=False)
     assert proc.returncode == 1 and proc.stdout.count("damaged: s3://") == 2, proc.stdout + proc.stderr
+
+
+def test_a_copy_without_its_times_is_intact_and_a_build_records_the_new_times(built, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(built / RUN, runs / RUN, symlinks=True, copy_function=shutil.copy)  # cp -r: new times
+    store = Store(runs, RUN)
+    moved: list = []
+    assert check_table(store, 2, "responses", moved=moved) == []
+    assert len(moved) == len(store.manifest(2, "responses")["shards"])  # each hashed, found unchanged
+    assert "damaged" not in run_cli("status", f"runs_dir={runs}", f"run={RUN}").stdout
+    build = run_cli("build", "round=2", f"runs_dir={runs}", f"run={RUN}")
+    assert "nothing to do" in build.stderr
+    assert last_build_ran(runs / RUN) == set()
+    moved = []
+    assert check_table(Store(runs, RUN), 2, "responses", moved=moved) == [] and moved == []
+    assert shard_hashes(runs / RUN) == shard_hashes(built / RUN)

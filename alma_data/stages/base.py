@@ -68,10 +68,13 @@ class Context:
         manifest, so the stage writes just that again, resuming as after a stop; a shard
         written again byte for byte gives the table its old hash, and the stages built
         from it stay done."""
-        from alma_data.integrity import check_table, describe, quarantine_table
+        from alma_data.integrity import check_table, describe, quarantine_table, restamp_table
 
-        damage = check_table(self.store, round, table)
+        moved: list = []
+        damage = check_table(self.store, round, table, moved=moved)
         if not damage:
+            if moved:
+                restamp_table(self.store, round, table, moved)
             return True
         self.log(f"[round {round}] {table}: damaged ({describe(damage)}); writing it again")
         quarantine_table(self.store, round, table, damage)
