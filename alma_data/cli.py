@@ -135,14 +135,26 @@ def cmd_query(args: argparse.Namespace) -> int:
     if len(rest) != 1:
         raise RecipeError('query takes one SQL statement or a .sql file: alma-data query "select ..."')
     sql = rest[0]
-    if sql.endswith(".sql") and Path(sql).is_file():
-        sql = Path(sql).read_text()
+    if sql.endswith(".sql") and " " not in sql.strip():
+        try:
+            sql = Path(sql).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RecipeError(f"no file {sql}; give a .sql file that exists, or the SQL itself in quotes") from None
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"{sql}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        except OSError as exc:
+            raise RecipeError(f"{sql}: cannot be read ({exc.strerror})") from None
     store = _store_from(special)
     if args.out and not store.remote and _inside(Path(args.out), store.local_root):
         raise RecipeError(f"--out {args.out} is inside the run folder {store.local_root}; a query never writes "
                           "into its run: write the result somewhere else")
     if args.format == "parquet" and not args.out:
         raise RecipeError("--format parquet needs --out FILE.parquet")
+    if args.out:
+        folder = Path(args.out).expanduser().absolute().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise RecipeError(f"--out {args.out}: {folder} is not a folder this user can write in; make it first, "
+                              "or write somewhere else")
     with read_only_connection(store) as con:
         try:
             check_statements(con, sql)

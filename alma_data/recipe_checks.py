@@ -136,6 +136,11 @@ def check_values(recipe: Recipe) -> None:
                           "model; give distinct seeds, e.g. train.m1_seeds=[1,2]")
     if len(t.m1_seeds) > 26:
         raise RecipeError(f"train.m1_seeds has {len(t.m1_seeds)} seeds; at most 26 (m1a..m1z)")
+    seeds = recipe.seeds
+    if seeds.max_sft and seeds.eval_prompts >= seeds.max_sft:
+        raise RecipeError(f"seeds.eval_prompts={seeds.eval_prompts} holds out at least as many prompts as "
+                          f"seeds.max_sft={seeds.max_sft} seed pairs bring, which leaves none to train on; lower "
+                          "seeds.eval_prompts or raise seeds.max_sft")
     if t.num_processes != 1 and t.launcher == "inprocess":
         raise RecipeError(f"train.num_processes={t.num_processes} needs train.launcher=accelerate: the in-process "
                           "trainer is one process")
