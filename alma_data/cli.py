@@ -247,9 +247,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if unknown or rest:
         raise RecipeError(f"verify does not take {sorted(unknown) or rest}; it takes run=NAME, runs_dir=DIR, threads=N")
     store = _store_from(special)
-    # Hashing is CPU-bound on a local disk (half the cores: the other half for whatever else
-    # runs), latency-bound on an object store (several reads in flight).
-    default = 8 if store.remote else max(1, (os.cpu_count() or 2) // 2)
+    # Hashing is CPU-bound on a local disk (a thread a core), latency-bound on an object
+    # store (several reads in flight).
+    default = 8 if store.remote else min(8, os.cpu_count() or 1)
     try:
         threads = int(special.get("threads", default))
     except ValueError:
@@ -372,7 +372,7 @@ def parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Exits 1 naming each damaged file (missing, cut short, changed bytes, unreadable "
                               "manifest);\na build of the run repairs them. threads=N hashes N files at once "
-                              "(default: half the cores;\n8 for a bucket).\n\nexample:\n  alma-data verify run=default runs_dir=data/runs")
+                              "(default: one a core, up to 8;\n8 for a bucket).\n\nexample:\n  alma-data verify run=default runs_dir=data/runs")
     v.add_argument("assignments", nargs="*", metavar="run=NAME")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=cmd_verify)
