@@ -129,7 +129,7 @@ def _store_from(special: dict[str, str]) -> Store:
 def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
-    from alma_data.query import check_statements, explain_refusal, read_only_connection
+    from alma_data.query import check_statements, explain_refusal, read_only_connection, stopped_by_signals
 
     special, _, rest = _split_assignments(args.assignments, {"run", "runs_dir"})
     if len(rest) != 1:
@@ -155,7 +155,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise RecipeError(f"--out {args.out}: {folder} is not a folder this user can write in; make it first, "
                               "or write somewhere else")
-    with read_only_connection(store) as con:
+    with read_only_connection(store) as con, stopped_by_signals(con):
         try:
             check_statements(con, sql)
             rel = con.sql(sql)

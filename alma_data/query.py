@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -132,3 +135,33 @@ def read_only_connection(store: Store) -> Iterator:
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
+
+
+@contextmanager
+def stopped_by_signals(con) -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop a running query. While DuckDB runs one it holds the main thread
+    in C, where Python's signal handlers wait for the query to end (a long one: for good); the
+    byte each signal writes to the wake-up socket lets a thread interrupt the connection, and the
+    handler (KeyboardInterrupt, or the command's SIGTERM handler) runs as the query returns."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    stops = {int(signal.SIGINT), int(signal.SIGTERM)}
+
+    def watch() -> None:
+        while data := reader.recv(64):
+            if stops & set(data):
+                con.interrupt()
+
+    old = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="query-interrupt", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(old)
+        writer.close()  # the watcher's recv returns b"" and it ends
+        watcher.join(5)
+        reader.close()

@@ -314,6 +314,22 @@ def test_a_stopped_build_says_so_and_how_to_resume(signum, code, how, tmp_path: 
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+@pytest.mark.parametrize("signum,code,how", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_long_query_stops_at_once(signum, code, how, runs: Path):
+    # DuckDB holds the main thread while it runs a query; the signal still stops it.
+    proc = subprocess.Popen([sys.executable, "-m", "alma_data", "query", f"runs_dir={runs}", f"run={RUN}",
+                             "select count(*) from range(1000000000000) a"], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env(), cwd=ROOT)
+    time.sleep(4)
+    proc.send_signal(signum)
+    try:
+        assert proc.wait(20) == code
+    finally:
+        proc.kill()
+    assert proc.stderr.read().strip() == f"alma-data: query stopped by {how}"
+
+
 def test_output_into_a_closed_pipe_ends_quietly(runs: Path):
     # alma-data runs | head -3, with the reader gone before a byte is written
     proc = subprocess.Popen([sys.executable, "-m", "alma_data", "runs", f"runs_dir={runs}"], stdout=subprocess.PIPE,
