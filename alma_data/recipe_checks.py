@@ -184,7 +184,7 @@ def check_for_rounds(recipe: Recipe, target_round: int) -> None:
                   "and the previous round's model)"
         else:
             who = f"round 2 samples from {needed} checkpoints ({', '.join(mix_names(recipe, 2))})"
-        raise RecipeError(f"responses.checkpoint_mix={mix} has {len(mix)} weights, but {who}; building to "
+        raise RecipeError(f"responses.checkpoint_mix={mix} has {len(mix)} weight{'s' * (len(mix) != 1)}, but {who}; building to "
                           f"round={target_round} needs one weight each, e.g. responses.checkpoint_mix=[{example}]")
     for r in range(2, target_round + 1):
         weights = mix[: len(mix_names(recipe, r))]
