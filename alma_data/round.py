@@ -126,15 +126,17 @@ def build_feedback_round(ctx: Context, r: int) -> None:
 
 
 def _record_build(ctx: Context, target_round: int, t0: float, seconds: float, peak_mib: float) -> None:
-    """Append this build's timings to ``<run>/builds.jsonl`` and print them per round."""
+    """Append this build's timings to ``<run>/builds.jsonl``."""
     record = {"started": t0, "target_round": target_round, "seconds": round(seconds, 1),
               "peak_memory_mib": round(peak_mib), "stages": ctx.records}
     ctx.store.append_jsonl("builds.jsonl", record)
+
+
+def _per_round(ctx: Context) -> str:
     per_round: dict[int, float] = {}
     for rec in ctx.records:
         per_round[rec["round"]] = per_round.get(rec["round"], 0.0) + rec["seconds"]
-    if ctx.ran:
-        ctx.log("time per round: " + ", ".join(f"round {r} {s:.0f}s" for r, s in sorted(per_round.items())))
+    return ", ".join(f"round {r} {s:.0f}s" for r, s in sorted(per_round.items()))
 
 
 def build(recipe: Recipe, store: Store, target_round: int, *, force: bool = False, quiet: bool = False) -> Context:
@@ -163,7 +165,8 @@ def _build(recipe: Recipe, store: Store, target_round: int, *, force: bool, quie
     if not ctx.ran:
         ctx.log(f"run {store.run!r} is already built to round {target_round}: nothing to do")
     else:
+        # The one closing line: counts, time (per round too) and memory.
         ctx.log(f"round {target_round} built: {len(ctx.ran)} stages run, {len(ctx.skipped)} already done, "
-                f"{seconds:.1f}s, peak memory {peak:.0f} MiB; look at it with: "
+                f"{seconds:.1f}s ({_per_round(ctx)}), peak memory {peak:.0f} MiB; look at it with: "
                 f"alma-data query {store.cli_args()} \"select round, count(*) from sft group by all\"")
     return ctx
