@@ -62,15 +62,16 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """A finished tiny round-1 run (one m1 checkpoint, to be quick). It is first tried with a refused seed file: the rerun with
-    the file fixed (here: the bundled seeds) is a new run to the build, not "another recipe"."""
+    """A finished tiny round-1 run (one m1 checkpoint, one step a training, to be quick). It is
+    first tried with a refused seed file: the rerun with the file fixed (here: the bundled seeds)
+    is a new run to the build, not "another recipe"."""
     runs = tmp_path_factory.mktemp("runs")
     bad = runs.parent / "latin1.jsonl"
     bad.write_bytes('{"prompt": "Caf\u00e9?", "response": "Oui."}\n'.encode("latin-1"))
     refused = cli("build", "round=1", "recipe=tiny", f"runs_dir={runs}", f"run={RUN}", f"seeds.sft={bad}")
     assert refused.returncode == 2 and "latin1.jsonl:1" in one_line(refused)
-    built = cli("build", "round=1", "recipe=tiny", f"runs_dir={runs}", f"run={RUN}", "train.m1_seeds=[1]", "--quiet",
-                timeout=600)
+    built = cli("build", "round=1", "recipe=tiny", f"runs_dir={runs}", f"run={RUN}", "train.m1_seeds=[1]",
+                "train.max_steps=1", "judge.max_steps=1", "eval.max_new_tokens=8", "--quiet", timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     return runs
 
