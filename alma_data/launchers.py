@@ -42,15 +42,25 @@ def train(job, model_path: str, dataset, out_dir: Path, spec, log: Callable[[str
     from training.common import LayoutError, layout
 
     try:
-        layout(spec)
+        per_device, _ = layout(spec)
     except LayoutError as exc:
         raise LaunchError(str(exc)) from None
+    warn_uneven(job, len(dataset), per_device * spec.num_processes, log)
     if job.launcher == "inprocess":
         if spec.num_processes != 1:
             raise LaunchError(f"train.num_processes={spec.num_processes} needs train.launcher=accelerate "
                               "(the in-process trainer is one process)")
         return train_here(job.trainer, model_path, dataset, out_dir, spec, job.dpo_beta, log)
     return launch_accelerate(job, model_path, dataset, out_dir, spec, log, quiet)
+
+
+def warn_uneven(job, examples: int, per_round: int, log: Callable[[str], None]) -> None:
+    """Say so where data parallelism changes what the epoch's last step sees."""
+    short = -examples % per_round
+    if per_round > 1 and short and job.spec.get("num_processes", 1) > 1:
+        log(f"  {job.name}: {examples} examples are not a multiple of {per_round} (processes x per-device batch): "
+            f"the last step of each epoch repeats {short} examples from the epoch's start to fill every process's "
+            "batch (accelerate's even batches), where one process takes a smaller last step")
 
 
 def train_here(trainer: str, model_path: str, dataset, out_dir: Path, spec, beta: float,
@@ -167,6 +177,7 @@ def stream(cmd: list[str], env: dict[str, str], echo: bool = True) -> str | None
     """Run ``cmd``, passing its output (progress bars included) to this process's stderr as it
     comes; None when it succeeds, else the end of its output."""
     tail: deque[bytes] = deque(maxlen=64)
+    out = getattr(sys.stderr, "buffer", None)  # a notebook's stderr takes text only
     # its own process group, so that a stopped build stops every training process with it; and
     # a build (or Ray worker) killed outright takes the launcher along, which ends its processes
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True,
@@ -175,9 +186,11 @@ def stream(cmd: list[str], env: dict[str, str], echo: bool = True) -> str | None
         assert proc.stdout is not None
         while chunk := proc.stdout.read1(65536):
             tail.append(chunk)
-            if echo:
-                sys.stderr.buffer.write(chunk)
-                sys.stderr.flush()
+            if echo and out is not None:
+                out.write(chunk)
+                out.flush()
+            elif echo:
+                sys.stderr.write(chunk.decode(errors="replace"))
         proc.wait()
     except BaseException:
         try:

@@ -138,7 +138,7 @@ def prepare_nodes(text: str) -> dict[str, Any]:
 
     import ray
 
-    from alma_data.launchers import LaunchError, prepare_launch
+    from alma_data.launchers import LaunchError, prepare_launch, warn_uneven
     from alma_data.store import local_model_path
     from alma_data.train_job import stage_job
     from training.common import LayoutError, layout
@@ -146,9 +146,10 @@ def prepare_nodes(text: str) -> dict[str, Any]:
     job = load_job(text)
     staged = stage_job(job, _log)
     try:
-        layout(staged.spec)
+        per_device, _ = layout(staged.spec)
     except LayoutError as exc:
         raise LaunchError(str(exc)) from None
+    warn_uneven(job, len(staged.dataset), per_device * staged.spec.num_processes, _log)
     job_file = prepare_launch(job, local_model_path(job.base), staged.dataset, staged.tmp, staged.spec)
     with socket.socket() as sock:
         sock.bind(("", 0))
