@@ -393,7 +393,8 @@ def parser() -> argparse.ArgumentParser:
                                "      (text or messages), {input, output_1, output_2, label}\n"
                                "keys: judge=REF (required: run:NAME/round=R/judge, base, a model folder or Hub id),\n"
                                "      shots=K (few-shot examples from the run's seed annotations; base: 3), run=NAME,\n"
-                               "      runs_dir=DIR, recipe=NAME (no run), split=test, limit=N, long=skip|score, seed=0,\n"
+                               "      runs_dir=DIR, recipe=NAME (no run), split=test, subset=CONFIG (a Hub dataset's), limit=N,\n"
+                               "      long=skip|score (over judge.max_length: leave out, or score in full), seed=0,\n"
                                "      and recipe keys: engine=vllm, judge.max_length=1024, judge.batch_size_score=4\n\n"
                                "examples:\n"
                                "  alma-data judge pairs.jsonl judge=run:default/round=2/judge --out scores.parquet\n"
@@ -408,7 +409,7 @@ def parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="rows: {prompt}, {question_id, category, turns: [...]} (first turn), {instruction, input?}\n"
                                "keys: run=NAME, runs_dir=DIR, models=base,m1a,last, judge=run:round=1/judge (default),\n"
-                               "      shots=K, name=SET (default: the file's name), split=test, limit=N,\n"
+                               "      shots=K, name=SET (default: the file's name), split=test, subset=CONFIG, limit=N,\n"
                                "      max_new_tokens=N (default eval.max_new_tokens), and recipe keys\n"
                                "Writes the tables user_eval and user_eval_summary into the run's last round.\n\n"
                                "example:\n  alma-data eval questions.jsonl run=default models=base,m1a,last")

@@ -1,7 +1,7 @@
 """``alma-data judge``: score a user's file with any judge; for preference pairs, how often
 the judge agrees with the people who labelled them.
 
-    alma-data judge FILE|DIR|HUB_ID judge=REF [shots=K] [run=NAME] [runs_dir=DIR] [split=test]
+    alma-data judge FILE|DIR|HUB_ID judge=REF [shots=K] [run=NAME] [runs_dir=DIR] [split=test] [subset=CONFIG]
                     [limit=N] [long=skip|score] [seed=0] [KEY=VALUE ...] [--out scores.parquet]
 
 Recipe keys (``engine=vllm``, ``judge.max_length=1024``, ``judge.batch_size_score=4``) apply to
@@ -25,7 +25,7 @@ from alma_data.judges import Judge, open_any_judge
 from alma_data.store import Store, list_runs
 from alma_data.user_data import read_judge_input
 
-SPECIAL = {"judge", "shots", "run", "runs_dir", "recipe", "split", "limit", "long", "seed"}
+SPECIAL = {"judge", "shots", "run", "runs_dir", "recipe", "split", "subset", "limit", "long", "seed"}
 
 SINGLE = pa.schema([
     ("row", pa.int64()), ("prompt", pa.string()), ("response", pa.string()), ("n_tokens", pa.int32()),
@@ -116,7 +116,8 @@ def cmd_judge(args, split_assignments, default_runs_dir: str) -> int:
         raise RecipeError(f"long must be skip or score, got {long!r}")
     shots = _int(special, "shots", 3 if special["judge"] == "base" else 0)
     source = rest[0]
-    kind, items = read_judge_input(source, special.get("split", "test"), _int(special, "limit", 0))
+    kind, items = read_judge_input(source, special.get("split", "test"), _int(special, "limit", 0),
+                                   special.get("subset"))
     recipe, store = recipe_and_store(special, overrides, default_runs_dir)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,10 @@ def train_here(trainer: str, model_path: str, dataset, out_dir: Path, spec, beta
 
     if trainer == "dpo":
         return train_dpo(model_path, dataset, out_dir, spec, beta=beta, log=log, render_prompt=render_chat)
+    if trainer == "sft_soft":
+        from training.distill import train_soft_sft
+
+        return train_soft_sft(model_path, dataset, out_dir, spec, log=log, render_prompt=render_chat)
     return train_sft(model_path, dataset, out_dir, spec, log=log, render_prompt=render_chat)
 
 

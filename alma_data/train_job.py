@@ -28,7 +28,9 @@ class TrainJob:
     run: str
     round: int
     name: str
-    trainer: Literal["sft", "dpo"]
+    trainer: Literal["sft", "sft_soft", "dpo"]
+    """``sft_soft``: SFT with the teacher's distribution as target where a row has one
+    (judge.distill_target=soft, training/distill.py)."""
     data: Data
     """How store rows become examples: ``policy`` (prompt -> response), ``judge`` (judge
     question -> ``Rating: [[s]]``, held-out rows left out), ``pairs`` (prompt, chosen, rejected)."""
@@ -69,6 +71,11 @@ def make_dataset(job: TrainJob, store):
         files = [f for rnd, table in job.tables for f in store.download(rnd, table)]
         return parquet_dataset(files, ["prompt", "chosen", "rejected"])
     scale = job.judge_scale
+    if job.trainer == "sft_soft":
+        from training.distill import soft_judge_dataset
+
+        return soft_judge_dataset([(store.download(rnd, table), "heldout" in store.manifest(rnd, table)["columns"],
+                                    "probs" in store.manifest(rnd, table)["columns"]) for rnd, table in job.tables], scale)
     parts = []
     for rnd, table in job.tables:
         files = store.download(rnd, table)

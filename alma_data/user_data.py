@@ -60,8 +60,9 @@ class EvalPrompt:
 
 # -- rows ---------------------------------------------------------------------------------
 
-def iter_rows(source: str, split: str = "test") -> Iterator[tuple[str, dict[str, Any]]]:
-    """(where, row) for every row; ``where`` is 'file:line' or 'source[split] row i'."""
+def iter_rows(source: str, split: str = "test", subset: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, row) for every row; ``where`` is 'file:line' or 'source[split] row i'.
+    ``subset`` is a Hub dataset's configuration name, where it has several."""
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix in (".jsonl", ".json"):
@@ -84,8 +85,15 @@ def iter_rows(source: str, split: str = "test") -> Iterator[tuple[str, dict[str,
                 ds = _pick_split(ds, split, source)
         else:
             # A local folder of data files, or a Hub dataset id: the datasets library reads both.
-            loaded = datasets.load_dataset(str(path) if path.is_dir() else source)
-            ds = _pick_split(loaded, split, source)
+            # The split asked for alone; a folder of plain files has only "train", which is
+            # taken when it is the one split there is.
+            name = str(path) if path.is_dir() else source
+            try:
+                ds = datasets.load_dataset(name, subset, split=split)
+            except ValueError as exc:
+                if "split" not in str(exc).lower():
+                    raise
+                ds = _pick_split(datasets.load_dataset(name, subset), split, source)
     except InputError:
         raise
     except Exception as exc:  # the library raises many kinds; its message is what matters
@@ -132,9 +140,9 @@ def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         yield where, row
 
 
-def read_rows(source: str, split: str = "test", limit: int = 0) -> list[tuple[str, dict[str, Any]]]:
+def read_rows(source: str, split: str = "test", limit: int = 0, subset: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     rows = []
-    for item in iter_rows(source, split):
+    for item in iter_rows(source, split, subset):
         rows.append(item)
         if limit and len(rows) >= limit:
             break
@@ -258,9 +266,9 @@ def to_scored(row: dict, where: str) -> Scored:
     return Scored(_prompt_text(row, "prompt", where), _answer(row["response"], where, "response")[1])
 
 
-def read_judge_input(source: str, split: str = "test", limit: int = 0) -> tuple[str, list]:
+def read_judge_input(source: str, split: str = "test", limit: int = 0, subset: str | None = None) -> tuple[str, list]:
     """(kind, items): ``pairs`` with :class:`Pair` items or ``single`` with :class:`Scored`."""
-    rows = read_rows(source, split, limit)
+    rows = read_rows(source, split, limit, subset)
     kind = detect_kind(rows[0][1], rows[0][0])
     if kind == "single":
         return "single", [to_scored(row, where) for where, row in rows]
@@ -292,8 +300,8 @@ def to_eval_prompt(row: dict, where: str) -> EvalPrompt:
     return EvalPrompt(str(pid) if pid is not None else prompt_id(prompt), prompt, str(category))
 
 
-def read_eval_prompts(source: str, split: str = "test", limit: int = 0) -> list[EvalPrompt]:
-    prompts = [to_eval_prompt(row, where) for where, row in read_rows(source, split, limit)]
+def read_eval_prompts(source: str, split: str = "test", limit: int = 0, subset: str | None = None) -> list[EvalPrompt]:
+    prompts = [to_eval_prompt(row, where) for where, row in read_rows(source, split, limit, subset)]
     seen: set[str] = set()
     for p in prompts:
         if p.prompt_id in seen:

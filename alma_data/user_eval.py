@@ -2,7 +2,7 @@
 one judge held fixed (the run's round-1 judge by default, so rounds compare).
 
     alma-data eval PROMPTS run=NAME [models=base,m1a,last] [judge=run:round=1/judge] [shots=K]
-                   [name=SET] [split=test] [limit=N] [max_new_tokens=N] [KEY=VALUE ...]
+                   [name=SET] [split=test] [subset=CONFIG] [limit=N] [max_new_tokens=N] [KEY=VALUE ...]
 
 Writes two tables into the run's last round, ``user_eval`` (every answer with its score)
 and ``user_eval_summary`` (one row per figure, with its 95% interval), replacing earlier
@@ -31,7 +31,7 @@ from alma_data.prompting import render_chat, stop_strings
 from alma_data.store import write_table
 from alma_data.user_data import read_eval_prompts
 
-SPECIAL = {"run", "runs_dir", "models", "judge", "shots", "name", "split", "limit", "max_new_tokens", "seed"}
+SPECIAL = {"run", "runs_dir", "models", "judge", "shots", "name", "split", "subset", "limit", "max_new_tokens", "seed"}
 
 USER_EVAL = pa.schema([
     ("eval_set", pa.string()), ("prompt_id", pa.string()), ("category", pa.string()), ("prompt", pa.string()),
@@ -188,7 +188,7 @@ def cmd_eval(args, split_assignments, default_runs_dir: str) -> int:
     if store is None or not store.exists():
         raise EvalError("eval answers with the checkpoints of a run: name a built run with run=NAME (and runs_dir=DIR)")
     source = rest[0]
-    prompts = read_eval_prompts(source, special.get("split", "test"), _int(special, "limit", 0))
+    prompts = read_eval_prompts(source, special.get("split", "test"), _int(special, "limit", 0), special.get("subset"))
     eval_set = special.get("name") or source.rstrip("/").split("/")[-1].rsplit(".", 1)[0]
     picked = pick_checkpoints(store, special.get("models", "base,m1a,last"))
     if len(picked) < 2:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from training.common import TrainSpec, common_args, prepare, run_and_save
 
@@ -85,7 +84,14 @@ def add_soft_columns(dataset, tokenizer, scale: int):
         return {"target_probs": [float(p) for p in probs], "soft_prefix": head,
                 "soft_candidates": candidate_tails(tokenizer, text, candidates, head)}
 
-    return dataset.map(add)
+    import datasets
+
+    # Typed up front: a first batch of hard rows alone would otherwise fix the columns as lists of nothing.
+    features = dataset.features.copy()
+    features.update({"target_probs": datasets.Sequence(datasets.Value("float32")),
+                     "soft_prefix": datasets.Sequence(datasets.Value("int32")),
+                     "soft_candidates": datasets.Sequence(datasets.Sequence(datasets.Value("int32")))})
+    return dataset.map(add, features=features)
 
 
 class SoftTargetCollator:

@@ -93,9 +93,12 @@ def train_judge(ctx: Context, round: int, name: str, tables: list[TableRef],
                      max_length=j.max_length, max_steps=j.max_steps, bf16=resolve_bf16(t.bf16),
                      seed=ctx.recipe.seed, save_steps=t.save_steps, num_processes=t.num_processes)
     base = ctx.store.checkpoint_location(*start) if start else resolve(ctx.recipe.model)
+    # judge.distill_target=soft joins the hash only where it applies (so rounded judges keep theirs)
+    soft = {"distill_target": "soft"} if start and j.distill_target == "soft" else {}
     h = config_hash(ctx.recipe, *JUDGE_KEYS, start=ctx.store.checkpoint_manifest_hash(*start) if start else "",
-                    **_parallel(ctx))
-    _train_checkpoint(ctx, round, name, h, tables, trainer="sft", data="judge", spec=spec, base=base)
+                    **_parallel(ctx), **soft)
+    _train_checkpoint(ctx, round, name, h, tables, trainer="sft_soft" if soft else "sft", data="judge", spec=spec,
+                      base=base)
 
 
 def train_dpo(ctx: Context, round: int, name: str, pairs: TableRef, start: tuple[int, str]) -> None:
