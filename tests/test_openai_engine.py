@@ -234,7 +234,8 @@ def test_sampling_is_reproducible_for_a_seed_and_follows_the_params(server, mode
     tok = engine.tokenizer
     prompts = [render_chat(tok, p) for p in ("Name a fruit.", "Write one sentence about the sea.")]
     params = SamplingParams(n=2, temperature=1.0, top_p=0.95, max_new_tokens=10, seed=7)
-    prime = lambda: engine.generate(["The"], SamplingParams(n=1, temperature=0.0, max_new_tokens=1, seed=0))
+    warm = [render_chat(tok, "Say hello.")]
+    prime = lambda: engine.generate(warm, SamplingParams(n=1, temperature=1.0, top_p=0.95, max_new_tokens=2, seed=0))
     bar = Progress()
     prime()
     t0 = time.perf_counter()
