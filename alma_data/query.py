@@ -137,6 +137,13 @@ def read_only_connection(store: Store) -> Iterator:
         shutil.rmtree(spill, ignore_errors=True)
 
 
+def _interrupted(exc: BaseException) -> bool:
+    import duckdb
+
+    return isinstance(exc, duckdb.InterruptException) or (
+        isinstance(exc, RuntimeError) and "interrupted" in str(exc).lower())
+
+
 @contextmanager
 def stopped_by_signals(con) -> Iterator[None]:
     """Ctrl-C and SIGTERM stop a running query. While DuckDB runs one it holds the main thread
@@ -150,9 +157,12 @@ def stopped_by_signals(con) -> Iterator[None]:
     writer.setblocking(False)
     stops = {int(signal.SIGINT), int(signal.SIGTERM)}
 
+    got: list[int] = []
+
     def watch() -> None:
         while data := reader.recv(64):
             if stops & set(data):
+                got.extend(b for b in data if b in stops)
                 con.interrupt()
 
     old = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
@@ -160,6 +170,14 @@ def stopped_by_signals(con) -> Iterator[None]:
     watcher.start()
     try:
         yield
+    except Exception as exc:
+        # The interrupted query raises before Python's handler for the signal has run (this
+        # DuckDB says RuntimeError "Query interrupted"): say which stop it was.
+        if got and _interrupted(exc):
+            from alma_data.errors import Stopped
+
+            raise (Stopped(signal.SIGTERM) if got[-1] == signal.SIGTERM else KeyboardInterrupt()) from None
+        raise
     finally:
         signal.set_wakeup_fd(old)
         writer.close()  # the watcher's recv returns b"" and it ends

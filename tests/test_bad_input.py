@@ -322,7 +322,13 @@ def test_a_long_query_stops_at_once(signum, code, how, runs: Path):
     proc = subprocess.Popen([sys.executable, "-m", "alma_data", "query", f"runs_dir={runs}", f"run={RUN}",
                              "select count(*) from range(1000000000000) a"], stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True, env=env(), cwd=ROOT)
-    time.sleep(4)
+    # Signal once the query runs: importing takes about 3 s of CPU, the query all it can get.
+    # A fixed sleep was too short when other work shared the cores (exit 1 instead of 143).
+    import psutil
+
+    child, deadline = psutil.Process(proc.pid), time.time() + 120
+    while sum(child.cpu_times()[:2]) < 8 and time.time() < deadline:
+        time.sleep(0.5)
     proc.send_signal(signum)
     try:
         assert proc.wait(20) == code
