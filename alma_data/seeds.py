@@ -120,13 +120,18 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SeedError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line") from exc
-            if not isinstance(row, dict):
-                raise SeedError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
-            yield where, row
+            yield where, json_object(line, where, SeedError)
+
+
+def json_object(line: str, where: str, error: type[Exception]) -> dict[str, Any]:
+    """One JSON Lines row, or ``error`` naming ``where`` (file:line) and the fix."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise error(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line") from None
+    if not isinstance(row, dict):
+        raise error(f"{where}: each line must be a JSON object, got {type(row).__name__}")
+    return row
 
 
 def _text(row: dict[str, Any], key: str, where: str, limit: int) -> str:

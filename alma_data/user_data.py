@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from alma_data.errors import AlmaError
 from alma_data.ids import prompt_id
+from alma_data.seeds import json_object
 
 
 class InputError(AlmaError, ValueError):
@@ -131,13 +132,7 @@ def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
-        yield where, row
+        yield where, json_object(line, where, InputError)
 
 
 def read_rows(source: str, split: str = "test", limit: int = 0, subset: str | None = None) -> list[tuple[str, dict[str, Any]]]:
