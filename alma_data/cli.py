@@ -241,7 +241,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from alma_data.integrity import repair_command, verify_run
+    from alma_data.store.integrity import repair_command, verify_run
 
     special, unknown, rest = _split_assignments(args.assignments, {"run", "runs_dir", "threads"})
     if unknown or rest:
@@ -466,9 +466,7 @@ def _missing_module_line(name: str) -> str:
 def _error_line(exc: Exception, args: argparse.Namespace) -> tuple[str, int] | None:
     """What to print for an error (one line that says what to do) and the exit status; None
     for an error nobody foresaw, which keeps its traceback."""
-    from alma_data.engines import EngineError
-
-    if isinstance(exc, (AlmaError, StoreError, EngineError)):
+    if isinstance(exc, AlmaError):  # every error a user can fix derives from it (alma_data/errors.py)
         return f"alma-data: error: {exc}", 2
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         return _missing_module_line(exc.name), 2

@@ -19,12 +19,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from alma_data.errors import AlmaError
+from alma_data.errors import RecipeError  # noqa: F401  (callers take it from here too)
 from alma_data.resources import resource_dir
-
-
-class RecipeError(AlmaError, ValueError):
-    """A recipe or an override that cannot be used; the message says how to fix it."""
 
 
 @dataclass

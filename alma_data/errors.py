@@ -1,7 +1,10 @@
 """What the ``alma-data`` command reports as one line instead of a traceback.
 
-Every error a user can fix (a recipe value, a seed row, a run folder, a refused query)
-derives from :class:`AlmaError`; its message names the file, row or key and the fix.
+Every error a user can fix (a recipe value, a seed row, a run folder, an engine that
+cannot run as asked, a refused query) derives from :class:`AlmaError`; its message names
+the file, row or key and the fix. The CLI prints any of them as one line, and nothing
+else needs to know their names. The classes that more than one layer raises live here;
+those that one module owns live beside it, deriving from :class:`AlmaError` too.
 """
 
 from __future__ import annotations
@@ -9,6 +12,23 @@ from __future__ import annotations
 
 class AlmaError(Exception):
     """A problem with what the user gave; the message says what to do about it."""
+
+
+class RecipeError(AlmaError, ValueError):
+    """A recipe or an override that cannot be used; the message says how to fix it."""
+
+
+class StoreError(AlmaError, RuntimeError):
+    """A run folder that does not hold what was asked of it (a missing run, an unfinished
+    table, a damaged file, a lock held by another build)."""
+
+
+class EngineError(AlmaError, RuntimeError):
+    """An engine that cannot run as asked (a server down, a model not served); the message says what to do."""
+
+
+class BuildError(AlmaError, RuntimeError):
+    """A build that cannot go on (a round out of range, a recipe that changed, no prompt left)."""
 
 
 class Stopped(KeyboardInterrupt):

@@ -9,9 +9,13 @@ refused here with its key, what it must be and why.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from alma_data.config import Recipe, RecipeError
+from alma_data.errors import RecipeError
+from alma_data import roles
+
+if TYPE_CHECKING:
+    from alma_data.config import Recipe
 
 _Rule = tuple[str, Callable[[Any], bool], str]
 
@@ -160,11 +164,8 @@ def check_values(recipe: Recipe) -> None:
 
 
 def mix_names(recipe: Recipe, round: int) -> list[str]:
-    """The checkpoints that share round ``round``'s samples, in ``checkpoint_mix`` order
-    (as ``stages.responses.checkpoint_mix`` takes them)."""
-    from alma_data.round import m1_names
-
-    return m1_names(recipe) + ([f"m{round - 1}"] if round >= 3 else [])
+    """The checkpoints that share round ``round``'s samples, in ``checkpoint_mix`` order."""
+    return [name for name, _ in roles.mix_names(recipe, round)]
 
 
 def check_for_rounds(recipe: Recipe, target_round: int) -> None:

@@ -1,48 +1,20 @@
-"""Runs the stages of a round in order; ``build(round=R)`` runs whatever of 1..R is missing."""
+"""``build(round=R)``: whatever of rounds 1..R is missing, in the stage list's order
+(:mod:`alma_data.plan`), one build of a run at a time, under the run's one recipe."""
 
 from __future__ import annotations
 
 import resource
-import string
 import time
 
 from alma_data.config import Recipe, RecipeError, fingerprint, recipe_from_dict
-from alma_data.errors import AlmaError
+from alma_data.errors import BuildError
+from alma_data.plan import build_plan
 from alma_data.recipe_checks import check_for_rounds
-from alma_data.stages.base import Context
-from alma_data.stages.evaluate import answer_heldout, evaluate_round
-from alma_data.stages.judge import judge_eval
-from alma_data.stages.prompts import cluster_candidates, select_prompts, synthesize_candidates
-from alma_data.stages.responses import judge_responses, sample_responses
-from alma_data.stages.seed import seed_stage
-from alma_data.stages.select import select_data
-from alma_data.stages.train import train_dpo, train_judge, train_policy
-from alma_data.store import Store, TableRef
+from alma_data.runner import run_stages
+from alma_data.stage import Context
+from alma_data.store import Store
 
-
-class BuildError(AlmaError, RuntimeError):
-    pass
-
-
-def m1_names(recipe: Recipe) -> list[str]:
-    """Round 1's SFT checkpoints: m1a, m1b, ... one per seed in ``train.m1_seeds``."""
-    return [f"m1{string.ascii_lowercase[i]}" for i in range(len(recipe.train.m1_seeds))]
-
-
-def round_plan(recipe: Recipe, r: int) -> list[tuple[str, str]]:
-    """What round r leaves in the store when done: ("table" | "checkpoint", name), in build order."""
-    if r == 1:
-        first, *others = m1_names(recipe)
-        return ([("table", "prompts"), ("table", "sft"), ("table", "judge_seed"), ("checkpoint", first),
-                 ("table", "eval_answers"), ("checkpoint", "judge"), ("table", "judge_eval"),
-                 ("table", "judge_quality"), ("table", "eval")]
-                + [("checkpoint", n) for n in others])
-    plan = [("table", t) for t in ("prompt_candidates", "prompt_clusters", "prompts", "responses", "judgments",
-                                   "sft", "dpo", "judge_distill")]
-    plan += [("checkpoint", f"m{r}"), ("table", "eval_answers")]
-    if r == 2 and recipe.judge.self_distill:
-        plan += [("checkpoint", "judge"), ("table", "judge_eval"), ("table", "judge_quality")]
-    return plan + [("table", "eval")]
+__all__ = ["BuildError", "build", "check_run", "recipe_diff"]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -65,7 +37,7 @@ def check_run(store: Store, recipe: Recipe, force: bool = False) -> None:
     stage ever finished (its seed files were refused, say) holds nothing to keep: it takes the
     new recipe as a new run would, and its ``run.json`` is written now. A run that holds tables
     keeps its ``run.json`` until the seed stage has passed under the new recipe
-    (:func:`build_round1`), so that a refused seed file leaves the run as it was."""
+    (:func:`alma_data.runner.run_stages`), so that a refused seed file leaves the run as it was."""
     if not (store.exists() and store.done_tables()):
         store.write_run(recipe.to_dict(), recipe.fingerprint())
         return
@@ -85,44 +57,6 @@ def check_run(store: Store, recipe: Recipe, force: bool = False) -> None:
                 + f"\nStart a new run with run=NEW_NAME, or add --force to rebuild {store.run!r} "
                 "from the first stage the change touches."
             )
-
-
-def build_round1(ctx: Context) -> None:
-    seed_stage(ctx)
-    ctx.store.write_run(ctx.recipe.to_dict(), ctx.recipe.fingerprint())  # the seeds passed: the run takes this recipe
-    (first, *others), (seed, *other_seeds) = m1_names(ctx.recipe), ctx.recipe.train.m1_seeds
-    train_policy(ctx, 1, first, seed, [TableRef(1, "sft")])
-    # m1a's held-out answers right after it, and the judge before the other round-1
-    # checkpoints: a new build shows a trained model's answers after one training, and
-    # their scores after two.
-    answer_heldout(ctx, 1)
-    train_judge(ctx, 1, "judge", [TableRef(1, "judge_seed")])
-    judge_eval(ctx, 1, "judge")
-    evaluate_round(ctx, 1)
-    for name, seed in zip(others, other_seeds):
-        train_policy(ctx, 1, name, seed, [TableRef(1, "sft")])
-
-
-def build_feedback_round(ctx: Context, r: int) -> None:
-    """Round r >= 2: prompts -> responses -> judgments -> selection -> M_r (and the judge's distillation)."""
-    recipe = ctx.recipe
-    synthesize_candidates(ctx, r)
-    cluster_candidates(ctx, r)
-    select_prompts(ctx, r)
-    sample_responses(ctx, r)
-    judge_responses(ctx, r)
-    select_data(ctx, r)
-    if recipe.train.trainer == "sft":
-        # The paper's choice: M_r is SFT of the *base* model on D1 u ... u D_r.
-        train_policy(ctx, r, f"m{r}", recipe.seed, [TableRef(k, "sft") for k in range(1, r + 1)])
-    else:
-        train_dpo(ctx, r, f"m{r}", TableRef(r, "dpo"), start=(1, m1_names(recipe)[0]))
-    answer_heldout(ctx, r)
-    if r == 2 and recipe.judge.self_distill:
-        # After the first feedback round the judge learns from its own real-valued scores.
-        train_judge(ctx, 2, "judge", [TableRef(1, "judge_seed"), TableRef(2, "judge_distill")], start=(1, "judge"))
-        judge_eval(ctx, 2, "judge")
-    evaluate_round(ctx, r)
 
 
 def _record_build(ctx: Context, target_round: int, t0: float, seconds: float, peak_mib: float) -> None:
@@ -156,9 +90,9 @@ def _build(recipe: Recipe, store: Store, target_round: int, *, force: bool, quie
     t0 = time.time()
     ctx.log(f"building run {store.run!r} ({store.where()}) to round {target_round}, recipe {recipe.name} "
             f"[{recipe.fingerprint()}], model {recipe.model}")
-    build_round1(ctx)
-    for r in range(2, target_round + 1):
-        build_feedback_round(ctx, r)
+    # The seeds passed: the run takes this recipe (a refused seed file leaves run.json as it was).
+    run_stages(ctx, build_plan(recipe, target_round),
+               after_seeds=lambda: store.write_run(recipe.to_dict(), recipe.fingerprint()))
     seconds = time.time() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     _record_build(ctx, target_round, t0, seconds, peak)

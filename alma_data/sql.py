@@ -33,3 +33,10 @@ def run_sql(con, name: str, **params: Any):
     text = load_sql(name)
     used = {k: v for k, v in params.items() if f"${k}" in text}
     return con.sql(text, params=used or None)
+
+
+def register_round_views(con, store, round: int,
+                         tables: tuple[str, ...] = ("prompts", "responses", "judgments")) -> None:
+    """Views named after the tables, over one round's shards of a run's store only."""
+    for table in tables:
+        register_parquet(con, table, store.files(round, table))

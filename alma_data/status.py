@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alma_data.config import recipe_from_dict
-from alma_data.integrity import check_checkpoint, check_table, repair_command
-from alma_data.round import round_plan
+from alma_data.plan import round_stages
 from alma_data.store import Store
+from alma_data.store.integrity import check_checkpoint, check_table, repair_command
 
 
 @dataclass
@@ -27,8 +27,9 @@ def run_status(store: Store) -> tuple[dict, list[Item]]:
     last = max([recipe.rounds + 1] + built)
     items = []
     for r in range(1, last + 1):
-        for kind, name in round_plan(recipe, r):
-            items.append(_item(store, r, kind, name))
+        # The stages a build of round r runs, so what status shows is what build runs.
+        for stage in round_stages(recipe, r):
+            items.append(_item(store, r, stage.kind, stage.output))
     return info, items
 
 

@@ -29,30 +29,28 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def prepare(store, recipe):
     """Round 1 and round 2's prompts, in-process (made once)."""
-    from alma_data.round import build_round1, check_run
-    from alma_data.stages.base import Context
-    from alma_data.stages.prompts import cluster_candidates, select_prompts, synthesize_candidates
+    from alma_data.plan import round_stages, stages_of
+    from alma_data.round import check_run
+    from alma_data.runner import run_stages
+    from alma_data.stage import Context
 
     check_run(store, recipe)
     ctx = Context(store, recipe, quiet=True)
     t0 = time.time()
-    build_round1(ctx)
-    synthesize_candidates(ctx, 2)
-    cluster_candidates(ctx, 2)
-    select_prompts(ctx, 2)
+    run_stages(ctx, round_stages(recipe, 1) + stages_of(recipe, 2, "prompt_candidates", "prompt_clusters", "prompts"))
     if ctx.ran:
         print(f"prepared round 1 and round 2's prompts in {time.time() - t0:.0f}s ({len(ctx.ran)} stages)")
 
 
-def run_stages(store, recipe) -> dict[str, float]:
-    from alma_data.stages.base import Context
-    from alma_data.stages.responses import judge_responses, sample_responses
+def time_stages(store, recipe) -> dict[str, float]:
+    from alma_data.plan import stages_of
+    from alma_data.runner import run_stages
+    from alma_data.stage import Context
 
     for table in ("responses", "judgments"):
         shutil.rmtree(store.table_dir(2, table), ignore_errors=True)
     ctx = Context(store, recipe, quiet=True)
-    sample_responses(ctx, 2)
-    judge_responses(ctx, 2)
+    run_stages(ctx, stages_of(recipe, 2, "responses", "judgments"))
     return {rec["stage"]: rec["seconds"] for rec in ctx.records} | {
         f"{rec['stage']} rate": rec["rate"] for rec in ctx.records}
 
@@ -106,7 +104,7 @@ def main() -> None:
     threads_all = torch.get_num_threads()
     for threads in sorted({threads_all, 1}, reverse=True):
         torch.set_num_threads(threads)
-        t = run_stages(store, recipe)
+        t = time_stages(store, recipe)
         references[threads] = {"hashes": {tb: store.manifest(2, tb)["hash"] for tb in ("responses", "judgments")},
                                "rows": scored_responses(store)}
         results.append((f"local, torch on {threads} thread{'s' * (threads != 1)}", t, "reference", run_by(store)))
@@ -119,7 +117,7 @@ def main() -> None:
     for w in [int(x) for x in args.workers.split(",") if x]:
         recipe.executor = "ray"
         recipe.ray = RayConfig(num_workers=w, num_cpus_per_worker=max(1, cpus // w))
-        t = run_stages(store, recipe)
+        t = time_stages(store, recipe)
         threads = max(1, cpus // w)
         same = compare(store, references[threads]) if threads in references else "-"
         results.append((f"ray, {w} worker{'s' * (w != 1)} x {threads} CPU{'s' * (threads != 1)}", t,

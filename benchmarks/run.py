@@ -267,7 +267,7 @@ def stage_datatrove(store, work: Path, args) -> dict:
 def stage_verify(store, work: Path, args) -> dict:
     """``alma-data verify``'s full check (sha256 of every shard), then the cheap check every read
     does (listing, sizes, footers) over every table."""
-    from alma_data.integrity import check_table, verify_run
+    from alma_data.store.integrity import check_table, verify_run
 
     report = verify_run(store, threads=args.threads, progress=False)
     t0 = time.perf_counter()

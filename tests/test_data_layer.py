@@ -21,7 +21,7 @@ import pytest
 from alma_data import near_dedup as nd
 from alma_data.ids import normalize_text
 from alma_data.sql import register_parquet, run_sql
-from alma_data.stages.responses import register_round_views
+from alma_data.sql import register_round_views
 from alma_data.stages.select import make_picks
 
 ROOT = Path(__file__).resolve().parent.parent

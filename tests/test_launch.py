@@ -34,19 +34,18 @@ ENV = {**os.environ, "TQDM_DISABLE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 TRAIN_M1A = """
 import sys
 from alma_data.config import load_recipe
+from alma_data.plan import stages_of
 from alma_data.round import check_run
-from alma_data.stages.base import Context
-from alma_data.stages.seed import seed_stage
-from alma_data.stages.train import train_policy
-from alma_data.store import Store, TableRef
+from alma_data.runner import run_stages
+from alma_data.stage import Context
+from alma_data.store import Store
 
 runs, run, *keys = sys.argv[1:]
 recipe = load_recipe("tiny", dict(k.split("=", 1) for k in keys))
 store = Store(runs, run)
 check_run(store, recipe)
 ctx = Context(store, recipe)
-seed_stage(ctx)
-train_policy(ctx, 1, "m1a", recipe.train.m1_seeds[0], [TableRef(1, "sft")])
+run_stages(ctx, stages_of(recipe, 1, "prompts", "sft", "judge_seed", "m1a"))
 """
 
 

@@ -26,7 +26,7 @@ from alma_data.engines import SamplingParams, expected_score, load_engine
 from alma_data.engines.openai_engine import OpenAIEngineError, RequestCache, served_name
 from alma_data.models import _smollm2_gguf, resolve
 from alma_data.prompting import RATING_PREFIX, RATING_SUFFIX, judge_question, render_chat
-from alma_data.stages.judge import real_valued_score
+from alma_data.scoring import real_valued_score
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVED = "smollm2-135m"
@@ -492,9 +492,9 @@ def test_an_unreachable_server_and_an_unserved_model_say_what_to_do(server, mode
 # -- stages through the engine ----------------------------------------------------------------
 def test_prompt_candidate_stage_runs_on_the_server_and_resumes_from_the_cache(server, tmp_path):
     """Round 2's first stage asks the base model, which is what the server serves."""
-    from alma_data.stages.base import Context
-    from alma_data.stages.prompts import synthesize_candidates
-    from alma_data.stages.seed import seed_stage
+    from alma_data.plan import stages_of
+    from alma_data.runner import run_stages
+    from alma_data.stage import Context
     from alma_data.store import Store
 
     recipe = load_recipe("tiny", {"model": "smollm2-135m", "engine": "openai", "openai.base_url": server.url,
@@ -502,8 +502,7 @@ def test_prompt_candidate_stage_runs_on_the_server_and_resumes_from_the_cache(se
                                   "prompts.candidates": "8", "prompts.max_new_tokens": "12"})
     store = Store(tmp_path / "runs", "openai")
     ctx = Context(store, recipe, quiet=True)
-    seed_stage(ctx)
-    synthesize_candidates(ctx, 2)
+    run_stages(ctx, stages_of(recipe, 1, "prompts", "sft", "judge_seed") + stages_of(recipe, 2, "prompt_candidates"))
     table = store.read(2, "prompt_candidates").to_pylist()
     assert len(table) == 8 and all(r["status"] for r in table)
     assert any(r["status"] == "ok" and len(r["prompt"].split()) >= recipe.prompts.min_words for r in table)
@@ -516,5 +515,5 @@ def test_prompt_candidate_stage_runs_on_the_server_and_resumes_from_the_cache(se
     for shard in sorted(table_dir.glob("part-*.parquet"))[1:]:
         shard.unlink()
     server.stop()
-    synthesize_candidates(ctx, 2)
+    run_stages(ctx, stages_of(recipe, 2, "prompt_candidates"))
     assert store.read(2, "prompt_candidates").to_pylist() == table

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alma_data.integrity import DamageError, check_table
+from alma_data.store.integrity import DamageError, check_table
 from alma_data.store import Store, StoreError, local_model_path
 from conftest import run_cli
 
@@ -158,7 +158,7 @@ def test_no_reader_gets_a_damaged_table_or_checkpoint(built, tmp_path):
 
 
 def test_damage_in_a_bucket_is_found_by_the_cheap_check_and_by_verify(s3_server, tmp_path, monkeypatch, tiny_model):
-    from alma_data.integrity import check_checkpoint, verify_run
+    from alma_data.store.integrity import check_checkpoint, verify_run
     from alma_data.store import write_table
 
     monkeypatch.chdir(tmp_path)

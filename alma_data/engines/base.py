@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-class EngineError(RuntimeError):
-    """An engine that cannot run as asked (a server down, a model not served); the message says what to do."""
+from alma_data.errors import EngineError
 
 
 @dataclass

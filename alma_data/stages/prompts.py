@@ -20,13 +20,14 @@ import numpy as np
 import pyarrow as pa
 
 from alma_data import schemas
+from alma_data.config import Recipe
 from alma_data.engines import SamplingParams
-from alma_data.ids import normalize_text, prompt_id, seed_int, stable_id
+from alma_data.errors import BuildError
 from alma_data.executors import EngineSpec, ShardJob, ShardRun
+from alma_data.ids import normalize_text, prompt_id, seed_int, stable_id
 from alma_data.models import EMBEDDED, resolve
 from alma_data.sql import register_parquet, run_sql
-from alma_data.stages.base import Context, config_hash
-from alma_data.stages.responses import executor_for
+from alma_data.stage import Context, Stage, recipe_keys, shard_count, shard_slice
 from alma_data.store import TableRef, write_table
 
 FEW_SHOT_HEAD = "Here are some requests that users sent to an AI assistant.\n\n"
@@ -110,41 +111,54 @@ def candidate_shard(engine, shard: CandidateShard, progress=None) -> list[dict]:
     return rows
 
 
-def synthesize_candidates(ctx: Context, round: int) -> None:
-    recipe, store = ctx.recipe, ctx.store
+CANDIDATE_KEYS = recipe_keys("model", "prompts", "seed", "dtype", "engine", "store.shard_rows")
+CLUSTER_KEYS = recipe_keys("prompts", "seed", "model")
+REBALANCE_KEYS = recipe_keys("prompts.k", "seed")
+
+
+def prompt_stages(recipe: Recipe, round: int) -> list[Stage]:
+    """Round ``round``'s prompts: candidates from the base model, their clusters, K picked."""
+    earlier = tuple(TableRef(r, "prompts") for r in range(1, round))
+    return [
+        Stage("prompt candidates", round, "prompt_candidates", synthesize_candidates, inputs=(TableRef(1, "prompts"),),
+              keys=CANDIDATE_KEYS, hashed={"round": round}, sharded=True),
+        Stage("dedup + clusters", round, "prompt_clusters", cluster_candidates,
+              inputs=(TableRef(round, "prompt_candidates"),) + earlier, keys=CLUSTER_KEYS, hashed={"round": round}),
+        Stage("rebalance prompts", round, "prompts", select_prompts,
+              inputs=(TableRef(round, "prompt_clusters"),) + earlier, keys=REBALANCE_KEYS, hashed={"round": round}),
+    ]
+
+
+def synthesize_candidates(ctx: Context, stage: Stage, h: str) -> dict:
+    recipe, store, round = ctx.recipe, ctx.store, stage.round
     cfg = recipe.prompts
     n_candidates = cfg.candidates or 4 * cfg.k
-    inputs = [TableRef(1, "prompts")]
-    h = config_hash(recipe, "model", "prompts", "seed", "dtype", "engine", "store.shard_rows", round=round)
-    with ctx.stage(round, "prompt candidates") as info:
-        if ctx.skip_if_current(info, round, "prompt_candidates", h, inputs):
-            return
-        seeds = [r["prompt"] for r in store.read(1, "prompts").to_pylist() if r["split"] == "train"]
-        writer = store.writer(round, "prompt_candidates", config_hash=h, schema=CANDIDATES, inputs=inputs)
-        per_shard = recipe.store.shard_rows
-        n_shards = -(-n_candidates // per_shard)
-        writer.expect(n_shards)
-        todo = [i for i in range(n_shards) if i not in writer.done_shards()]
-        shards = []
-        for shard in todo:
-            ids = range(shard * per_shard, min(n_candidates, (shard + 1) * per_shard))
-            shot_sets = []
-            for j in ids:
-                rng = random.Random(seed_int(recipe.seed, round, "shots", j))
-                shot_sets.append(rng.sample(seeds, min(len(seeds), rng.randint(cfg.shots_min, cfg.shots_max))))
-            shards.append((shard, CandidateShard(round, ids.start, shot_sets, seed_int(recipe.seed, round, "candidates", shard),
-                                                 cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.min_words,
-                                                 cfg.max_words, cfg.keep_truncated)))
-        ran = ShardRun(executor=recipe.executor)
-        if shards:
-            # An embedded model is named, not its local folder: each worker unpacks it where it runs.
-            model = recipe.model if recipe.model in EMBEDDED else resolve(recipe.model)
-            with ctx.progress(sum(len(sh.shot_sets) for _, sh in shards),
-                              f"writing prompt candidates (round {round})", "prompt") as bar:
-                ran = executor_for(ctx).run(candidate_shard, [ShardJob(EngineSpec(model, name="base"), shards)],
-                                            writer, bar)
-        m = writer.finish(expected_shards=n_shards, model=recipe.model, run_by=ran.provenance())
-        info.update(rows=m["rows"], rate=ran.rate("tokens") if shards else "")
+    seeds = [r["prompt"] for r in store.read(1, "prompts").to_pylist() if r["split"] == "train"]
+    writer = store.writer(round, "prompt_candidates", config_hash=h, schema=CANDIDATES, inputs=stage.inputs)
+    per_shard = recipe.store.shard_rows
+    n_shards = shard_count(n_candidates, per_shard)
+    writer.expect(n_shards)
+    todo = [i for i in range(n_shards) if i not in writer.done_shards()]
+    shards = []
+    for shard in todo:
+        ids = shard_slice(shard, per_shard, n_candidates)
+        shot_sets = []
+        for j in ids:
+            rng = random.Random(seed_int(recipe.seed, round, "shots", j))
+            shot_sets.append(rng.sample(seeds, min(len(seeds), rng.randint(cfg.shots_min, cfg.shots_max))))
+        shards.append((shard, CandidateShard(round, ids.start, shot_sets, seed_int(recipe.seed, round, "candidates", shard),
+                                             cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.min_words,
+                                             cfg.max_words, cfg.keep_truncated)))
+    ran = ShardRun(executor=recipe.executor)
+    if shards:
+        # An embedded model is named, not its local folder: each worker unpacks it where it runs.
+        model = recipe.model if recipe.model in EMBEDDED else resolve(recipe.model)
+        with ctx.progress(sum(len(sh.shot_sets) for _, sh in shards),
+                          f"writing prompt candidates (round {round})", "prompt") as bar:
+            ran = ctx.executor().run(candidate_shard, [ShardJob(EngineSpec(model, name="base"), shards)],
+                                     writer, bar)
+    m = writer.finish(expected_shards=n_shards, model=recipe.model, run_by=ran.provenance())
+    return {"rows": m["rows"], "rate": ran.rate("tokens") if shards else ""}
 
 
 def used_prompt_files(ctx: Context, round: int) -> list[str]:
@@ -184,7 +198,7 @@ def drop_near_copies(con, unique: pa.Table, used_files: list[str], threshold: fl
     and every earlier prompt; returns the survivors and the count of each verdict."""
     from alma_data.near_dedup import MinHashConfig, near_dedup
 
-    used = [r[0] for r in con.execute("SELECT prompt FROM used_prompts").fetchall()] if used_files else []
+    used = [r[0] for r in run_sql(con, "used_prompt_texts").fetchall()] if used_files else []
     texts = used + unique["prompt"].to_pylist()
     is_used = np.r_[np.ones(len(used), dtype=bool), np.zeros(unique.num_rows, dtype=bool)]
     result = near_dedup(con, texts, is_used, MinHashConfig(threshold=threshold))
@@ -193,63 +207,51 @@ def drop_near_copies(con, unique: pa.Table, used_files: list[str], threshold: fl
     return unique.filter(pa.compute.equal(verdict, "unique")), dict(near)
 
 
-def cluster_candidates(ctx: Context, round: int) -> None:
-    recipe, store = ctx.recipe, ctx.store
+def cluster_candidates(ctx: Context, stage: Stage, h: str) -> dict:
+    recipe, store, round = ctx.recipe, ctx.store, stage.round
     cfg = recipe.prompts
-    inputs = [TableRef(round, "prompt_candidates")] + [TableRef(r, "prompts") for r in range(1, round)]
-    h = config_hash(recipe, "prompts", "seed", "model", round=round)
-    with ctx.stage(round, "dedup + clusters") as info:
-        if ctx.skip_if_current(info, round, "prompt_clusters", h, inputs):
-            return
-        con = store.connect(views=False)
-        register_parquet(con, "candidates", store.files(round, "prompt_candidates"))
-        used = used_prompt_files(ctx, round)
-        register_parquet(con, "used_prompts", used)
-        verdicts = run_sql(con, "dedup_prompts").to_arrow_table()
-        unique = verdicts.filter(pa.compute.equal(verdicts["dedup"], "unique"))
-        counts = dict(collections.Counter(verdicts["dedup"].to_pylist()))
-        if cfg.near_dedup and unique.num_rows:
-            unique, near = drop_near_copies(con, unique, used, cfg.near_dedup_threshold)
-            counts.update(near)
-        texts = unique["prompt"].to_pylist()
-        if texts:
-            vectors = embed(texts, cfg.embedder, resolve(recipe.model) if cfg.embedder == "base_model" else None)
-            n_clusters = min(len(texts), cfg.clusters or max(cfg.k, len(texts) // 2))
-            from sklearn.cluster import KMeans, MiniBatchKMeans
+    con = store.connect(views=False)
+    register_parquet(con, "candidates", store.files(round, "prompt_candidates"))
+    used = used_prompt_files(ctx, round)
+    register_parquet(con, "used_prompts", used)
+    verdicts = run_sql(con, "dedup_prompts").to_arrow_table()
+    unique = verdicts.filter(pa.compute.equal(verdicts["dedup"], "unique"))
+    counts = dict(collections.Counter(verdicts["dedup"].to_pylist()))
+    if cfg.near_dedup and unique.num_rows:
+        unique, near = drop_near_copies(con, unique, used, cfg.near_dedup_threshold)
+        counts.update(near)
+    texts = unique["prompt"].to_pylist()
+    if texts:
+        vectors = embed(texts, cfg.embedder, resolve(recipe.model) if cfg.embedder == "base_model" else None)
+        n_clusters = min(len(texts), cfg.clusters or max(cfg.k, len(texts) // 2))
+        from sklearn.cluster import KMeans, MiniBatchKMeans
 
-            algo = KMeans if len(texts) <= 20000 else MiniBatchKMeans
-            km = algo(n_clusters=n_clusters, random_state=seed_int(recipe.seed, round, "kmeans"), n_init=1)
-            labels = km.fit_predict(vectors)
-        else:
-            vectors, labels, n_clusters = np.zeros((0, 1)), np.zeros(0, dtype=int), 0
-        rows = [{"prompt_id": pid, "prompt": p, "shots": s, "cluster": int(c), "embedding": v.astype(np.float32).tolist()}
-                for pid, p, s, c, v in zip(unique["prompt_id"].to_pylist(), texts, unique["shots"].to_pylist(), labels, vectors)]
-        m = write_table(store, round, "prompt_clusters", rows, config_hash=h, schema=CLUSTERED, inputs=inputs,
-                        dedup=counts, clusters=n_clusters, embedder=cfg.embedder)
-        info.update(rows=m["rows"], rate=f"{n_clusters} clusters; dedup {counts}")
+        algo = KMeans if len(texts) <= 20000 else MiniBatchKMeans
+        km = algo(n_clusters=n_clusters, random_state=seed_int(recipe.seed, round, "kmeans"), n_init=1)
+        labels = km.fit_predict(vectors)
+    else:
+        vectors, labels, n_clusters = np.zeros((0, 1)), np.zeros(0, dtype=int), 0
+    rows = [{"prompt_id": pid, "prompt": p, "shots": s, "cluster": int(c), "embedding": v.astype(np.float32).tolist()}
+            for pid, p, s, c, v in zip(unique["prompt_id"].to_pylist(), texts, unique["shots"].to_pylist(), labels, vectors)]
+    m = write_table(store, round, "prompt_clusters", rows, config_hash=h, schema=CLUSTERED, inputs=stage.inputs,
+                    dedup=counts, clusters=n_clusters, embedder=cfg.embedder)
+    return {"rows": m["rows"], "rate": f"{n_clusters} clusters; dedup {counts}"}
 
 
-def select_prompts(ctx: Context, round: int) -> None:
-    recipe, store = ctx.recipe, ctx.store
-    inputs = [TableRef(round, "prompt_clusters")] + [TableRef(r, "prompts") for r in range(1, round)]
-    h = config_hash(recipe, "prompts.k", "seed", round=round)
-    with ctx.stage(round, "rebalance prompts") as info:
-        if ctx.skip_if_current(info, round, "prompts", h, inputs):
-            return
-        con = store.connect(views=False)
-        register_parquet(con, "clustered", store.files(round, "prompt_clusters"))
-        register_parquet(con, "used_prompts", used_prompt_files(ctx, round))
-        picked = run_sql(con, "rebalance", k=recipe.prompts.k, seed=seed_int(recipe.seed, round, "rebalance")).fetchall()
-        rows = [{"prompt_id": pid, "prompt": p, "source": "synthetic", "category": None, "split": "train",
-                 "cluster": c, "shots": s} for pid, p, c, s in picked]
-        if not rows:
-            from alma_data.round import BuildError
-
-            raise BuildError(f"round {round}: no new prompt survived parsing and dedup (see: alma-data query "
-                             f"\"select status, count(*) from prompt_candidates where round = {round} group by all\"); "
-                             "raise prompts.candidates or prompts.max_new_tokens")
-        m = write_table(store, round, "prompts", rows, config_hash=h, schema=SYNTHETIC_PROMPTS, inputs=inputs)
-        if len(rows) < recipe.prompts.k:
-            ctx.log(f"  only {len(rows)} clusters had a fresh prompt (prompts.k={recipe.prompts.k}); "
-                    "raise prompts.candidates for more")
-        info.update(rows=m["rows"])
+def select_prompts(ctx: Context, stage: Stage, h: str) -> dict:
+    recipe, store, round = ctx.recipe, ctx.store, stage.round
+    con = store.connect(views=False)
+    register_parquet(con, "clustered", store.files(round, "prompt_clusters"))
+    register_parquet(con, "used_prompts", used_prompt_files(ctx, round))
+    picked = run_sql(con, "rebalance", k=recipe.prompts.k, seed=seed_int(recipe.seed, round, "rebalance")).fetchall()
+    rows = [{"prompt_id": pid, "prompt": p, "source": "synthetic", "category": None, "split": "train",
+             "cluster": c, "shots": s} for pid, p, c, s in picked]
+    if not rows:
+        raise BuildError(f"round {round}: no new prompt survived parsing and dedup (see: alma-data query "
+                         f"\"select status, count(*) from prompt_candidates where round = {round} group by all\"); "
+                         "raise prompts.candidates or prompts.max_new_tokens")
+    m = write_table(store, round, "prompts", rows, config_hash=h, schema=SYNTHETIC_PROMPTS, inputs=stage.inputs)
+    if len(rows) < recipe.prompts.k:
+        ctx.log(f"  only {len(rows)} clusters had a fresh prompt (prompts.k={recipe.prompts.k}); "
+                "raise prompts.candidates for more")
+    return {"rows": m["rows"]}

@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from alma_data.store import MANIFEST, SHARD_RE, ManifestError, Store, StoreError, _join
+from typing import TYPE_CHECKING
+
+from alma_data.errors import StoreError
+from alma_data.store.files import MANIFEST, SHARD_RE, ManifestError, join
+
+if TYPE_CHECKING:
+    from alma_data.store.run import Store
 
 # Modification times are compared to this many seconds: object stores keep whole seconds or
 # milliseconds, and a float's last digits may differ between the APIs that report them.
@@ -112,7 +118,7 @@ def check_table(store: Store, round: int, table: str, manifest: dict | None = No
                 moved: list | None = None) -> list[Damage]:
     """The cheap check of a finished table (an unfinished one has nothing to check: []).
     Shards touched but unchanged (a copy that did not keep times) go into ``moved``."""
-    folder = store._table(round, table)
+    folder = store.table_path(round, table)
     if manifest is None:
         try:
             manifest = store.manifest(round, table)
@@ -120,10 +126,10 @@ def check_table(store: Store, round: int, table: str, manifest: dict | None = No
             return [Damage(store.url(exc.path), exc.problem)]
         if manifest is None:
             return []
-    entries = store._entries(folder)
+    entries = store.entries(folder)
     damage = []
     for shard in manifest["shards"]:
-        path = _join(folder, shard["file"])
+        path = join(folder, shard["file"])
         problem = _check_file(store, path, entries.get(shard["file"]), shard, moved)
         if problem is None:
             try:
@@ -140,17 +146,17 @@ def check_table(store: Store, round: int, table: str, manifest: dict | None = No
 
 def check_checkpoint(store: Store, round: int, name: str) -> list[Damage]:
     """The cheap check of a finished checkpoint: its files there, with their recorded sizes."""
-    folder = store._checkpoint(round, name)
+    folder = store.checkpoint_path(round, name)
     try:
         manifest = store.checkpoint_manifest(round, name)
     except ManifestError as exc:
         return [Damage(store.url(exc.path), exc.problem)]
     if manifest is None:
         return []
-    entries = store._tree(folder)
+    entries = store.tree(folder)
     damage = []
     for f in manifest["files"]:
-        path = _join(folder, f["file"])
+        path = join(folder, f["file"])
         problem = _check_file(store, path, entries.get(f["file"]), f)
         if problem:
             damage.append(Damage(store.url(path), problem))
@@ -161,13 +167,13 @@ def require_table(store: Store, round: int, table: str, manifest: dict) -> None:
     """Raise :class:`DamageError` unless the table passes the cheap check (once per process
     for a given manifest: the build that checked a table reads it many times)."""
     key = ("table", store.where(), round, table, manifest.get("hash"), manifest.get("finished"))
-    if key in store._intact:
+    if key in store.intact:
         return
     damage = check_table(store, round, table, manifest)
     if damage:
         raise DamageError(f"round={round}/{table} of run {store.run!r} is damaged: {describe(damage)}. "
                           f"Nothing reads it until it is repaired; repair it with: {repair_command(store)}")
-    store._intact.add(key)
+    store.intact.add(key)
 
 
 # -- repair ------------------------------------------------------------------------------------
@@ -180,31 +186,31 @@ def restamp_table(store: Store, round: int, table: str, moved: list[tuple[str, f
     for shard in manifest["shards"]:
         if shard["file"] in times:
             shard["mtime"] = times[shard["file"]]
-    store._write_json(_join(store._table(round, table), MANIFEST), manifest)
+    store.write_json_at(join(store.table_path(round, table), MANIFEST), manifest)
 
 
 def quarantine_table(store: Store, round: int, table: str, damage: list[Damage]) -> None:
     """Remove what the stage must write again: the damaged shards and the manifest (so the
     stage runs and resumes from the intact shards), or, when the manifest itself is
     unreadable, every shard (nothing vouches for them any more)."""
-    folder = store._table(round, table)
-    manifest_url = store.url(_join(folder, MANIFEST))
-    names = store._names(folder)
+    folder = store.table_path(round, table)
+    manifest_url = store.url(join(folder, MANIFEST))
+    names = store.names(folder)
     if any(d.where == manifest_url for d in damage):
         doomed = [n for n in names if SHARD_RE.match(n)]
     else:
         damaged = {d.where for d in damage}
-        doomed = [n for n in names if store.url(_join(folder, n)) in damaged]
+        doomed = [n for n in names if store.url(join(folder, n)) in damaged]
     for name in doomed:
-        store.fs.rm_file(_join(folder, name))
+        store.fs.rm_file(join(folder, name))
     if MANIFEST in names:
-        store.fs.rm_file(_join(folder, MANIFEST))
+        store.fs.rm_file(join(folder, MANIFEST))
 
 
 def quarantine_checkpoint(store: Store, round: int, name: str) -> None:
     """A damaged checkpoint is trained again: without its manifest it is not finished, and
     committing the new one replaces the whole folder."""
-    path = _join(store._checkpoint(round, name), MANIFEST)
+    path = join(store.checkpoint_path(round, name), MANIFEST)
     if store.fs.exists(path):
         store.fs.rm_file(path)
 
@@ -233,9 +239,9 @@ class VerifyReport:
 
 
 def _manifest_paths(store: Store) -> tuple[list[str], list[str]]:
-    root = store._root
-    tables = [p for p in store.fs.glob(_join(root, "round=*", "*", MANIFEST)) if p.rstrip("/").split("/")[-2] != "checkpoints"]
-    checkpoints = store.fs.glob(_join(root, "round=*", "checkpoints", "*", MANIFEST))
+    root = store.path
+    tables = [p for p in store.fs.glob(join(root, "round=*", "*", MANIFEST)) if p.rstrip("/").split("/")[-2] != "checkpoints"]
+    checkpoints = store.fs.glob(join(root, "round=*", "checkpoints", "*", MANIFEST))
     return sorted(tables), sorted(checkpoints)
 
 
@@ -252,18 +258,18 @@ def verify_run(store: Store, threads: int = 4, progress: bool = True) -> VerifyR
         for mpath in paths:
             folder = mpath.rstrip("/").rsplit("/", 1)[0]
             try:
-                manifest = store._read_manifest(mpath, "files" if kind == "checkpoint" else "shards")
+                manifest = store.read_manifest_at(mpath, "files" if kind == "checkpoint" else "shards")
             except ManifestError as exc:
                 report.damage.append(Damage(store.url(exc.path), exc.problem))
                 continue
             if kind == "table":
                 report.tables += 1
-                listed, entries = manifest["shards"], store._entries(folder)
+                listed, entries = manifest["shards"], store.entries(folder)
             else:
                 report.checkpoints += 1
-                listed, entries = manifest["files"], store._tree(folder)
+                listed, entries = manifest["files"], store.tree(folder)
             for f in listed:
-                path = _join(folder, f["file"])
+                path = join(folder, f["file"])
                 entry = entries.get(f["file"])
                 report.files += 1
                 if entry is None:
