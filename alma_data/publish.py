@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow.parquet as pq
 import yaml
 
 from alma_data import __version__
@@ -68,8 +69,8 @@ def export(store: Store, out: Path, repo: str, *, rounds: list[int] | None = Non
         (out / split).mkdir()
         for r in chosen:
             path = out / split / f"round-{r:03d}.parquet"
-            con.execute(f"COPY (SELECT * FROM \"{split}\" WHERE round = {r}) TO '{path}' (FORMAT parquet, COMPRESSION zstd)")
-            counts.setdefault(split, {})[r] = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0]
+            con.table(split).filter(f"round = {r}").write_parquet(str(path), compression="zstd")
+            counts.setdefault(split, {})[r] = pq.read_metadata(path).num_rows
     (out / "recipe.yaml").write_text(yaml.safe_dump(info["recipe"], sort_keys=False))
     report_dir = store.local_root / "report"
     images = sorted(report_dir.glob("*.png")) if report_dir.is_dir() else []
@@ -152,12 +153,10 @@ def _stats_sections(con) -> list[str]:
         out.extend(["", f"## {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)])
         out.extend("| " + " | ".join(fmt(v) for v in row) + " |" for row in rows)
 
-    table("Judge scores per round", "select round, count(*) as responses, avg(score) as mean, max(score) as max, "
-          "min(score) as min from judgments group by all order by round")
+    table("Judge scores per round", load_sql("card_judge_scores"))
     table("Prompts: dedup and rebalancing", load_sql("prompt_funnel"))
-    table("Judge quality on held-out annotations", "select round, metric, value, n from judge_quality order by all")
-    table("Held-out score of each round's model", "select round, any_value(model) as model, avg(score) as mean_score, "
-          "count(*) as prompts from eval group by all order by round")
+    table("Judge quality on held-out annotations", load_sql("card_judge_quality"))
+    table("Held-out score of each round's model", load_sql("card_heldout_scores"))
     return out
 
 

@@ -26,7 +26,7 @@ class RayTrainingError(AlmaError, RuntimeError):
 
 
 def train_on_ray(recipe: Recipe, job: TrainJob, log: Callable[[str], None]) -> dict[str, Any]:
-    from alma_data.executors import _worker_env, connect, import_ray
+    from alma_data.executors import connect, import_ray, worker_env
 
     ray = import_ray()
     cfg = recipe.ray
@@ -51,7 +51,7 @@ def train_on_ray(recipe: Recipe, job: TrainJob, log: Callable[[str], None]) -> d
         return _train_on_nodes(ray, recipe, job, log)
     task = ray.remote(run_job_on_worker).options(
         num_cpus=cfg.train_cpus, num_gpus=cfg.train_gpus, max_retries=0,
-        runtime_env={"env_vars": _worker_env(cfg.train_cpus)})
+        runtime_env={"env_vars": worker_env(cfg.train_cpus)})
     log(f"ray: training {job.describe()} as a Ray task with {cfg.train_gpus:g} GPUs and {cfg.train_cpus:g} CPUs"
         + (f" ({n} processes, accelerate)" if job.launcher == "accelerate" else ""))
     ref = task.remote(job_json(job))
@@ -77,7 +77,7 @@ def _train_on_nodes(ray, recipe: Recipe, job: TrainJob, log: Callable[[str], Non
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from alma_data.executors import _worker_env
+    from alma_data.executors import worker_env
 
     cfg, nodes, n = recipe.ray, recipe.ray.train_nodes, job.spec["num_processes"]
     if job.launcher != "accelerate":
@@ -97,7 +97,7 @@ def _train_on_nodes(ray, recipe: Recipe, job: TrainJob, log: Callable[[str], Non
 
         def on(i):
             return dict(num_cpus=cfg.train_cpus, num_gpus=cfg.train_gpus, max_retries=0,
-                        runtime_env={"env_vars": _worker_env(cfg.train_cpus)},
+                        runtime_env={"env_vars": worker_env(cfg.train_cpus)},
                         scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=pg,
                                                                              placement_group_bundle_index=i))
         text = job_json(job)

@@ -79,9 +79,7 @@ def build_report(store: Store) -> Path:
 
     add("score_histogram", "Judge scores per round",
         "Share of responses in each one-point score bucket, per round.",
-        "select round, bucket, n * 1.0 / sum(n) over (partition by round) as share from "
-        "(select round, floor(score) as bucket, count(*) as n from judgments group by round, bucket) "
-        "order by round, bucket", hist)
+        load_sql("report_score_histogram"), hist)
 
     def curve(ax, rows):
         for rnd, pts in _by_round(rows).items():
@@ -103,7 +101,7 @@ def build_report(store: Store) -> Path:
 
     add("heldout_progress", "Held-out score of each round's model",
         "Held-out seed prompts answered greedily by each round's model, scored by the round-1 judge (Figure 2).",
-        "select round, avg(score) as mean_score, count(*) as prompts from eval group by all order by round", progress)
+        load_sql("report_heldout_progress"), progress)
 
     def per_checkpoint(ax, rows):
         data = _by_round(rows)
@@ -120,7 +118,7 @@ def build_report(store: Store) -> Path:
 
     add("responses_per_checkpoint", "Responses per checkpoint",
         "Responses sampled in each round, by the checkpoint that wrote them (the checkpoint mix).",
-        "select round, checkpoint, count(*) as responses from responses group by all order by all", per_checkpoint)
+        load_sql("report_responses_per_checkpoint"), per_checkpoint)
 
     def lengths(ax, rows):
         for rnd, pts in _by_round(rows).items():
@@ -131,8 +129,7 @@ def build_report(store: Store) -> Path:
 
     add("prompt_lengths", "Prompt lengths per round",
         "Prompts per length bucket, per round (round 1: the seeds).",
-        "select round, floor(len(string_split(prompt, ' ')) / 10) * 10 as words, count(*) as prompts "
-        "from prompts group by all order by all", lengths)
+        load_sql("report_prompt_lengths"), lengths)
 
     def coverage(ax, rows):
         ax.bar([str(r[0]) for r in rows], [r[1] for r in rows], label="clusters")
@@ -143,9 +140,7 @@ def build_report(store: Store) -> Path:
 
     add("cluster_coverage", "Cluster coverage",
         "k-means clusters over the unique candidates, and how many of them gave a selected prompt.",
-        "select c.round, count(distinct c.cluster) as clusters, count(distinct p.cluster) as covered "
-        "from prompt_clusters c left join prompts p on p.round = c.round and p.prompt_id = c.prompt_id "
-        "group by all order by c.round", coverage)
+        load_sql("report_cluster_coverage"), coverage)
 
     def funnel(ax, rows):
         stages = ["candidates", "parsed", "unique", "selected"]
@@ -172,10 +167,7 @@ def build_report(store: Store) -> Path:
 
     add("judge_quality", "Judge quality: integer vs real-valued, before and after self-distillation",
         "Pairwise accuracy on held-out annotations (ties count as wrong); round 2's judge is the self-distilled one.",
-        "select round, max(value) filter (where metric = 'pairwise_accuracy_int') as integer, "
-        "max(value) filter (where metric = 'pairwise_accuracy_real') as real_valued, "
-        "max(value) filter (where metric = 'spearman_real') as spearman_real "
-        "from judge_quality group by all order by round", quality)
+        load_sql("report_judge_quality"), quality)
 
     def user_scores(ax, rows):
         sets = list(dict.fromkeys(r[0] for r in rows))
@@ -194,8 +186,7 @@ def build_report(store: Store) -> Path:
     add("user_eval", "Your prompt sets: mean score per checkpoint",
         "alma-data eval: each set's prompts answered greedily by each checkpoint, scored by one judge (table "
         "user_eval_summary; the answers are in user_eval).",
-        "select eval_set, checkpoint, value as mean_score, low, high, n, judge from user_eval_summary "
-        "where metric = 'mean_score' order by eval_set, checkpoint", user_scores)
+        load_sql("report_user_eval"), user_scores)
 
     def user_wins(ax, rows):
         labels = [f"{r[0]}: {r[1]}" for r in rows]
@@ -210,13 +201,7 @@ def build_report(store: Store) -> Path:
         "Paired win rate (ties half) of the newest checkpoint against the others, and the same at equal answer "
         "length (intercept of the win indicator regressed on the length difference); length_share is the part "
         "of the score difference that length explains.",
-        "select eval_set, checkpoint || ' vs ' || versus as comparison, "
-        "max(value) filter (where metric = 'win_rate') as win_rate, "
-        "max(value) filter (where metric = 'win_rate_at_equal_length') as win_rate_equal_length, "
-        "max(value) filter (where metric = 'score_difference') as score_difference, "
-        "max(value) filter (where metric = 'difference_at_equal_length') as difference_equal_length, "
-        "max(value) filter (where metric = 'length_share') as length_share "
-        "from user_eval_summary where versus is not null group by all order by all", user_wins)
+        load_sql("report_user_eval_wins"), user_wins)
 
     _write_markdown(store, out, figures)
     _write_html(store, out, figures)

@@ -1,169 +1,25 @@
-"""Executors: where the shards of a generation stage run (prompt candidates, sampling, judging).
+"""``executor=ray``: shards on Ray actors, each holding one engine, writing into the runs folder.
 
-A stage cuts its work into shards and hands them to an executor as jobs: one job per
-engine (a checkpoint with a role), each with its shards. Every shard runs the same
-per-shard function, ``fn(engine, payload, progress) -> rows``, and its rows are written
-as ``part-<index>`` of the stage's table by whoever ran it. The stage keeps the rest:
-which shards are done, the manifest, the progress bar and the summary line.
-
-- ``local``: this process opens each job's engine in turn and runs its shards in order.
-- ``ray``: actors on a Ray cluster, each holding one engine (one vLLM instance per GPU,
-  say), run shards and write them into the runs folder (shared, or an object store)
-  themselves. An actor whose checkpoint has no shards left is ended, and one for a
-  checkpoint with shards left takes its place where that pays (:class:`WorkerPlan`), so
-  every engine lives in a process of its own and frees its memory with it.
-
-The per-shard seeds come from (seed, round, checkpoint, shard), never from the worker or
-the order shards run in, so either executor may resume what the other started, and the
-rows are byte-identical where the engines compute alike (on CPUs: the same number of
-torch threads; float32 sums rounded another way can flip a sampled token now and then).
+An actor whose checkpoint has no shards left is ended, and one for a checkpoint with shards
+left takes its place where that pays (:class:`WorkerPlan`), so every engine lives in a
+process of its own and frees its memory with it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import socket
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from alma_data.config import Recipe
-from alma_data.engines import EngineStats, open_engine
-from alma_data.errors import AlmaError
-from alma_data.store import ShardSink, TableWriter
+from alma_data.engines import open_engine
+from alma_data.executors.base import (EngineSpec, Executor, ExecutorError, ShardFn, ShardJob, ShardResult, ShardRun,
+                                      run_one_shard, this_process)
 
-ShardFn = Callable[[Any, Any, Any], list]
-"""``fn(engine, payload, progress) -> rows`` for one shard; a module-level function, so
-that Ray can ship it by reference."""
-
-
-class ExecutorError(AlmaError, RuntimeError):
-    """A shard could not be run; the message names the shard and what to do."""
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """Which engine a job needs: one checkpoint in one role (``sample`` or ``score``)."""
-
-    model_path: str
-    name: str = "base"
-    round: int | None = None
-    role: str = "sample"
-
-    def label(self) -> str:
-        return self.name if self.round is None else f"round={self.round}/{self.name}"
-
-
-@dataclass
-class ShardJob:
-    engine: EngineSpec
-    shards: list[tuple[int, Any]]
-    """(shard index, payload) pairs still to run."""
-
-
-@dataclass
-class ShardResult:
-    index: int
-    rows: int
-    stats: EngineStats
-    """This shard's share of its engine's counters."""
-    seconds: float
-    worker: str
-    engine_seconds: float = 0.0
-    """Opening the engine, on the shard that opened it."""
-
-
-@dataclass
-class ShardRun:
-    """What an executor did for one stage: its results and its wall time."""
-
-    results: list[ShardResult] = field(default_factory=list)
-    seconds: float = 0.0
-    workers: int = 0
-    executor: str = "local"
-    worker_start_seconds: float = 0.0
-    """Ray: from asking for a worker to its first shard, less that shard's work and engine
-    load (process start, imports), summed over workers."""
-
-    @property
-    def stats(self) -> EngineStats:
-        total = EngineStats()
-        for r in self.results:
-            for f in dataclasses.fields(EngineStats):
-                setattr(total, f.name, getattr(total, f.name) + getattr(r.stats, f.name))
-        return total
-
-    def provenance(self) -> dict[str, Any]:
-        """For the table's manifest: who wrote the shards of this invocation (earlier ones kept theirs)."""
-        return {"executor": self.executor, "shards": len(self.results), "workers": self.workers,
-                "processes": sorted({r.worker for r in self.results}), "seconds": round(self.seconds, 3),
-                "busy_seconds": round(sum(r.seconds for r in self.results), 3),
-                "engine_seconds": round(sum(r.engine_seconds for r in self.results), 3),
-                "worker_start_seconds": round(self.worker_start_seconds, 3)}
-
-    def rate(self, what: str) -> str:
-        """Throughput for the stage's summary line: ``tokens`` or ``pairs``."""
-        s = self.stats
-        count, busy = (s.generated_tokens, s.generate_seconds) if what == "tokens" else (s.scored, s.score_seconds)
-        unit = "tok/s" if what == "tokens" else "pairs/s"
-        if not busy:
-            return ""
-        if self.executor == "local":
-            return f"{count / busy:.0f} {unit}" if what == "tokens" else f"{count / busy:.2f} {unit}"
-        return (f"{count / busy:.1f} {unit} a worker, {count / self.seconds:.1f} {unit} over "
-                f"{self.workers} Ray worker{'s' * (self.workers != 1)}")
-
-
-def _stats_delta(after: EngineStats, before: EngineStats) -> EngineStats:
-    return EngineStats(**{f.name: getattr(after, f.name) - getattr(before, f.name)
-                          for f in dataclasses.fields(EngineStats)})
-
-
-def this_process() -> str:
-    return f"{socket.gethostname()} pid {os.getpid()}"
-
-
-def run_one_shard(engine, fn: ShardFn, index: int, payload: Any, sink, progress=None) -> ShardResult:
-    """Run one shard on an open engine and write its rows: the step both executors share."""
-    t0 = time.perf_counter()
-    before = dataclasses.replace(engine.stats)
-    rows = fn(engine, payload, progress)
-    n = sink.write_shard(index, rows)
-    return ShardResult(index=index, rows=n, stats=_stats_delta(engine.stats, before),
-                       seconds=time.perf_counter() - t0, worker=this_process())
-
-
-class LocalExecutor:
-    """Runs every shard in this process, one engine at a time (the default)."""
-
-    name = "local"
-
-    def __init__(self, recipe: Recipe, cache_dir: Path, log: Callable[[str], None] = print):
-        self.recipe = recipe
-        self.cache_dir = cache_dir
-
-    def run(self, fn: ShardFn, jobs: list[ShardJob], writer: TableWriter, progress) -> ShardRun:
-        t0 = time.perf_counter()
-        run = ShardRun(executor=self.name, workers=1)
-        for job in jobs:
-            if not job.shards:
-                continue
-            spec = job.engine
-            t1 = time.perf_counter()
-            engine = open_engine(self.recipe, spec.model_path, name=spec.name, round=spec.round, role=spec.role,
-                                 cache_dir=self.cache_dir)
-            opened = time.perf_counter() - t1
-            try:
-                for index, payload in job.shards:
-                    run.results.append(run_one_shard(engine, fn, index, payload, writer, progress))
-                    run.results[-1].engine_seconds, opened = opened, 0.0
-            finally:
-                engine.close()
-        run.seconds = time.perf_counter() - t0
-        return run
+if TYPE_CHECKING:
+    from alma_data.config import Recipe
+    from alma_data.store import ShardSink
 
 
 def import_ray():
@@ -175,7 +31,7 @@ def import_ray():
     return ray
 
 
-def _worker_env(num_cpus: float) -> dict[str, str]:
+def worker_env(num_cpus: float) -> dict[str, str]:
     """Environment of an engine worker: passive OpenMP waiting (workers share cores with
     each other and the driver) and as many torch threads as the worker has CPUs."""
     threads = str(max(1, int(num_cpus)))
@@ -194,7 +50,7 @@ def _worker_env(num_cpus: float) -> dict[str, str]:
 class EngineWorker:
     """A Ray actor holding one engine for one checkpoint; it runs shards and writes them."""
 
-    def __init__(self, recipe: Recipe, spec: EngineSpec, cache_dir: str):
+    def __init__(self, recipe: "Recipe", spec: EngineSpec, cache_dir: str):
         threads = int(os.environ.get("ALMA_DATA_TORCH_THREADS", "0"))
         if threads:
             import torch
@@ -204,7 +60,7 @@ class EngineWorker:
         self.engine = None
         self.where = this_process()
 
-    def run(self, fn: ShardFn, index: int, payload: Any, sink: ShardSink) -> ShardResult:
+    def run(self, fn: ShardFn, index: int, payload: Any, sink: "ShardSink") -> ShardResult:
         opened = 0.0
         if self.engine is None:
             t0 = time.perf_counter()
@@ -227,17 +83,15 @@ class EngineWorker:
             self.engine = None
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """Runs shards on Ray actors, one engine each; joins ``ray.address`` or starts a local Ray."""
 
     name = "ray"
 
-    def __init__(self, recipe: Recipe, cache_dir: Path, log: Callable[[str], None] = print):
+    def __init__(self, recipe: "Recipe", cache_dir: Path, log: Callable[[str], None] = print):
+        super().__init__(recipe, str(Path(cache_dir).resolve()), log)
         self.ray = import_ray()
-        self.recipe = recipe
         self.cfg = recipe.ray
-        self.cache_dir = str(Path(cache_dir).resolve())
-        self.log = log
         if self.cfg.num_cpus_per_worker <= 0 and self.cfg.num_gpus_per_worker <= 0:
             raise ExecutorError("ray.num_cpus_per_worker and ray.num_gpus_per_worker are both 0: "
                                 "give each worker at least one CPU or GPU")
@@ -278,7 +132,7 @@ class RayExecutor:
         cfg = self.cfg
         return self.actor_class.options(
             num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker,
-            runtime_env={"env_vars": _worker_env(cfg.num_cpus_per_worker)},
+            runtime_env={"env_vars": worker_env(cfg.num_cpus_per_worker)},
         ).remote(self.recipe, spec, self.cache_dir)
 
     def _end(self, actor, polite: bool = True) -> None:
@@ -289,7 +143,7 @@ class RayExecutor:
                 pass
         self.ray.kill(actor)
 
-    def run(self, fn: ShardFn, jobs: list[ShardJob], writer: TableWriter, progress) -> ShardRun:
+    def run(self, fn: ShardFn, jobs: list[ShardJob], writer, progress) -> ShardRun:
         ray = self.ray
         t0 = time.perf_counter()
         sink = writer.sink()
@@ -409,10 +263,3 @@ def connect(ray, cfg, log: Callable[[str], None]) -> None:
         where = "started a local Ray instance"
     res = ray.cluster_resources()
     log(f"ray: {where}: {len(ray.nodes())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
-
-
-def make_executor(recipe: Recipe, cache_dir: Path, log: Callable[[str], None] = print):
-    """The executor the recipe names (``executor=local|ray``)."""
-    if recipe.executor == "ray":
-        return RayExecutor(recipe, cache_dir, log)
-    return LocalExecutor(recipe, cache_dir, log)

@@ -1,0 +1,90 @@
+"""A run built by the code before the stage list and the store package (commit 6e983c6) is
+already done for today's code: nothing runs, and every table's rows and every manifest
+stay byte for byte as they were; a fresh build of today's code makes the same tables.
+
+The old code is taken from this clone's history (``git archive``), so the test needs the
+commit: in a shallow clone or an unpacked archive it is skipped and says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+OLD = "6e983c6"  # main before issue 12 (held-out answers already their own stage, eval_answers)
+
+
+def old_code(dest: Path) -> Path:
+    try:
+        found = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{OLD}^{{commit}}"], capture_output=True)
+    except FileNotFoundError:
+        pytest.skip("git is not installed")
+    if found.returncode != 0:
+        pytest.skip(f"commit {OLD} is not in this clone's history (a shallow clone?)")
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", OLD], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python 3.12+, and 3.11.4+
+        tar.extractall(dest, **safe)
+    return dest
+
+
+def files_of(run: Path) -> dict[str, str]:
+    """sha256 of every file of the run's rounds: shards, manifests, checkpoints."""
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run.glob("round=*/**/*")) if p.is_file()}
+
+
+def manifests_of(run: Path) -> dict[str, dict]:
+    """What each table's and checkpoint's manifest says the output is: its hash, configuration
+    hash, inputs and rows (times and seconds left out: they say when, not what)."""
+    out = {}
+    for p in sorted(run.glob("round=*/**/_manifest.json")):
+        m = json.loads(p.read_text())
+        out[str(p.parent.relative_to(run))] = {k: m.get(k) for k in ("hash", "config_hash", "inputs", "rows")}
+    return out
+
+
+def rows_of(run: Path) -> dict[str, list]:
+    import pyarrow.parquet as pq
+
+    out = {}
+    for folder in sorted({p.parent for p in run.glob("round=*/*/part-*.parquet")}):
+        out[str(folder.relative_to(run))] = [r for f in sorted(folder.glob("part-*.parquet"))
+                                             for r in pq.read_table(f).to_pylist()]
+    return out
+
+
+def test_a_run_built_by_the_old_code_is_already_done_and_unchanged(tmp_path, tiny_run):
+    old = old_code(tmp_path / "old")
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(old), "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "alma_data", "build", "round=3", "recipe=tiny", f"runs_dir={runs}",
+                           "run=shared"], cwd=old, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "round 3 built" in proc.stderr
+    run = runs / "shared"
+    before = files_of(run)
+
+    again = run_cli("build", "round=3", "recipe=tiny", f"runs_dir={runs}", "run=shared")
+    assert "run 'shared' is already built to round 3: nothing to do" in again.stderr, again.stderr
+    record = json.loads((run / "builds.jsonl").read_text().splitlines()[-1])
+    assert [s for s in record["stages"] if not s["skipped"]] == []
+    assert files_of(run) == before  # every shard, manifest and checkpoint file, byte for byte
+
+    status = run_cli("status", f"runs_dir={runs}", "run=shared").stdout
+    assert "every round of the recipe is built" in status, status
+
+    # Today's code, from nothing (the suite's shared run), makes the same rows under the same hashes.
+    new = tiny_run / "shared"
+    assert manifests_of(new) == manifests_of(run)
+    assert rows_of(new) == rows_of(run)
