@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SECTIONS = ["select", "dedup", "near_dedup", "rebalance", "memory", "verify"]
+SECTIONS = ["select", "dedup", "near_dedup", "rebalance", "memory", "verify", "polars"]
 
 
 # -- stages (each runs in a subprocess) -------------------------------------------------------
@@ -122,6 +122,54 @@ def stage_select_pandas(store, work: Path, args) -> dict:
     sample.to_parquet(work / "pandas_distill.parquet")
     return {"seconds": round(time.perf_counter() - t0, 2), "best_of_n": len(best), "pairs": len(pairs),
             "judge_distill": len(sample), "rows": int(len(df)), "pandas": pd.__version__, "numpy": np.__version__}
+
+
+def stage_select_polars(store, work: Path, args) -> dict:
+    """Best-of-n, best-vs-random pairs and the sample as one Polars lazy plan, run on its
+    streaming engine: ids and scores first, the texts fetched for the picks only."""
+    import polars as pl
+
+    t0 = time.perf_counter()
+    scan = lambda t, cols: pl.scan_parquet([str(f) for f in store.files(2, t)]).select(cols)  # noqa: E731
+    scored = (scan("responses", ["response_id", "prompt_id"])
+              .join(scan("judgments", ["response_id", "score"]), on="response_id")
+              .with_columns(h=pl.col("response_id").hash(seed=args.polars_seed)))
+    per_prompt = scored.group_by("prompt_id").agg(top=pl.col("score").max(), n=pl.len())
+    # the top score, ties to the lowest response_id (the SQL's order)
+    best = (scored.join(per_prompt, on="prompt_id").filter(pl.col("score") == pl.col("top"))
+            .group_by("prompt_id").agg(response_id=pl.col("response_id").min(), score=pl.col("top").first(),
+                                       n=pl.col("n").first()))
+    # the partner: the first response in hash order scored below the top
+    below = scored.join(per_prompt.select("prompt_id", "top"), on="prompt_id").filter(pl.col("score") < pl.col("top"))
+    partner = (below.join(below.group_by("prompt_id").agg(h=pl.col("h").min()), on=["prompt_id", "h"])
+               .group_by("prompt_id").agg(rejected_id=pl.col("response_id").min(),
+                                          rejected_score=pl.col("score").first()))
+    sample = scored.sort(["h", "response_id"]).head(20000).select("response_id")
+    best_df, partner_df, sample_df = pl.collect_all([best, partner, sample], engine="streaming")
+    picks_t = time.perf_counter() - t0
+
+    wanted = pl.concat([best_df["response_id"], partner_df["rejected_id"], sample_df["response_id"]]).unique()
+    texts = (scan("responses", ["response_id", "prompt_id", "response"])
+             .join(pl.LazyFrame({"response_id": wanted}), on="response_id", how="semi")
+             .join(scan("prompts", ["prompt_id", "prompt"]), on="prompt_id"))
+    texts_df = texts.collect(engine="streaming")
+    judg_df = (scan("judgments", ["response_id", "score", "score_int", "probs"])
+               .join(pl.LazyFrame({"response_id": sample_df["response_id"]}), on="response_id", how="semi")
+               .collect(engine="streaming"))
+    best_rows = best_df.join(texts_df, on=["prompt_id", "response_id"])
+    best_rows.select("prompt_id", "prompt", "response", "score", "response_id", "n").with_columns(
+        source=pl.lit("best_of_n")).write_parquet(work / "polars_best_of_n.parquet")
+    rejected = texts_df.select(rejected_id="response_id", rejected="response")
+    pairs = (best_rows.join(partner_df, on="prompt_id").join(rejected, on="rejected_id")
+             .select("prompt_id", "prompt", chosen="response", rejected="rejected", chosen_score="score",
+                     rejected_score="rejected_score"))
+    pairs.write_parquet(work / "polars_pairs.parquet")
+    distill = sample_df.join(texts_df, on="response_id").join(judg_df, on="response_id")
+    distill.select("response_id", "prompt_id", "prompt", "response", "score", "score_int", "probs").write_parquet(
+        work / "polars_distill.parquet")
+    return {"seconds": round(time.perf_counter() - t0, 2), "picks_seconds": round(picks_t, 2),
+            "best_of_n": best_rows.height, "pairs": pairs.height, "judge_distill": distill.height,
+            "rows": int(best_df["n"].sum()), "polars": pl.__version__}
 
 
 def stage_dedup(store, work: Path, args) -> dict:
@@ -280,7 +328,8 @@ def stage_verify(store, work: Path, args) -> dict:
             "judgments": store.manifest(2, "judgments")["rows"]}
 
 
-STAGES = {"select": stage_select, "verify": stage_verify, "select_reference": stage_select, "select_pandas": stage_select_pandas, "dedup": stage_dedup,
+STAGES = {"select": stage_select, "verify": stage_verify, "select_reference": stage_select, "select_pandas": stage_select_pandas,
+          "select_polars": stage_select_polars, "dedup": stage_dedup,
           "near_dedup": stage_near_dedup,
           "near_dedup_datatrove": stage_near_dedup_datatrove, "kmeans": stage_kmeans, "rebalance": stage_rebalance,
           "datatrove": stage_datatrove}
@@ -379,6 +428,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=0, help="clusters to pick in rebalancing (default: the scale's prompts)")
     ap.add_argument("--clusters", type=int, default=0, help="k-means clusters (default 2 x k)")
     ap.add_argument("--no-pandas", action="store_true", help="skip the pandas comparison")
+    ap.add_argument("--polars-seed", type=int, default=0, help="the seed of Polars' hash order (pairs, sample)")
     ap.add_argument("--reference-sql", action="store_true",
                     help="also time the first, straightforward form of the three selection files")
     ap.add_argument("--datatrove-python", default=None, help="a Python with datatrove installed: time its MinHash too")
@@ -501,6 +551,20 @@ def main() -> None:
                 sel = run_stage("select", runs_dir, run, runs_dir / f"work_{label}", args, memory_limit=limit)
                 figures["memory"][f"select_{limit}"][label] = sel
                 line(f"{label}: select, memory_limit={limit}", sel, select_split(sel))
+    if "polars" in sections:
+        print("selection in Polars (one lazy plan on its streaming engine) beside DuckDB, at 1x and 2x input", flush=True)
+        ensure_data(runs_dir, "bench2x", args.scale, 2.0)
+        figures["polars"] = {}
+        for label, run in (("1x", "bench"), ("2x", "bench2x")):
+            w = runs_dir / f"work_{label}"
+            sel = run_stage("select", runs_dir, run, w, args)
+            pol = run_stage("select_polars", runs_dir, run, w, args)
+            check = check_select(w, "polars")
+            figures["polars"][label] = {"select": sel, "select_polars": pol, "check": check}
+            line(f"{label}: DuckDB over {sel['judgments']:,} judgments", sel, select_split(sel))
+            line(f"{label}: Polars {pol['polars']}, the same three", pol,
+                 f"picks {pol['picks_seconds']}s; {pol['seconds'] / sel['seconds']:.1f}x DuckDB's time")
+            print(f"  check: {check}", flush=True)
     if "verify" in sections:
         print(f"alma-data verify: sha256 of every shard against its manifest ({args.threads} threads), "
               "then the cheap check every read does", flush=True)
@@ -513,17 +577,25 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
 
 
-def check_select(work: Path) -> dict:
-    """The SQL and pandas best-of-n pick the same responses; no pair ties."""
+def check_select(work: Path, other: str = "pandas") -> dict:
+    """The SQL and the other implementation pick the same best responses; no pair ties in
+    either; the other's pairs and sample are rows of the input (their hash order differs
+    from DuckDB's, so their partners and sample are other rows, checked for what they must be)."""
     import duckdb
 
     con = duckdb.connect()
-    same = con.execute(f"""SELECT count(*) FILTER (WHERE s.response_id = p.response_id), count(*)
-                          FROM read_parquet('{work / 'sql_best_of_n.parquet'}') s
-                          JOIN read_parquet('{work / 'pandas_best_of_n.parquet'}') p USING (prompt_id)""").fetchone()
-    ties = con.execute(f"SELECT count(*) FROM read_parquet('{work / 'sql_pairs.parquet'}') "
-                       "WHERE chosen_score <= rejected_score").fetchone()[0]
-    return {"best_of_n_same_pick": f"{same[0]}/{same[1]}", "pairs_with_tied_or_inverted_scores": ties}
+    t = lambda name: f"read_parquet('{work / name}.parquet')"  # noqa: E731
+    same = con.execute(f"""SELECT count(*) FILTER (WHERE s.response_id = p.response_id), count(*),
+                                  (SELECT count(*) FROM {t('sql_best_of_n')}), (SELECT count(*) FROM {t(other + '_best_of_n')})
+                          FROM {t('sql_best_of_n')} s JOIN {t(other + '_best_of_n')} p USING (prompt_id)""").fetchone()
+    ties = con.execute(f"SELECT count(*) FROM {t('sql_pairs')} WHERE chosen_score <= rejected_score").fetchone()[0]
+    other_ties = con.execute(f"SELECT count(*) FROM {t(other + '_pairs')} WHERE chosen_score <= rejected_score").fetchone()[0]
+    pairs = con.execute(f"SELECT (SELECT count(*) FROM {t('sql_pairs')}), (SELECT count(*) FROM {t(other + '_pairs')})").fetchone()
+    sample = con.execute(f"SELECT count(*), count(DISTINCT response_id) FROM {t(other + '_distill')}").fetchone()
+    return {"best_of_n_same_pick": f"{same[0]}/{same[1]} (rows {same[2]} sql, {same[3]} {other})",
+            "pairs_rows": f"{pairs[0]} sql, {pairs[1]} {other}",
+            "pairs_with_tied_or_inverted_scores": f"{ties} sql, {other_ties} {other}",
+            "distill_rows_distinct": f"{sample[0]}/{sample[1]}"}
 
 
 def evaluate_near_dedup(run_root: Path, result_file: Path, key: str, group: str) -> dict:
