@@ -267,7 +267,7 @@ def test_full_disk_is_one_line_that_says_what_to_free(runs: Path, tmp_path: Path
 
 
 def test_a_full_disk_inside_a_library_is_recognised():
-    from alma_data.cli import _no_space
+    from alma_data.cli_errors import no_space as _no_space
 
     class SafetensorError(Exception):  # named as safetensors' own; it carries no errno
         pass

@@ -1,6 +1,7 @@
 """A run built by the code before the stage list and the store package (commit 6e983c6) is
 already done for today's code: nothing runs, and every table's rows and every manifest
-stay byte for byte as they were; a fresh build of today's code makes the same tables.
+(so every hash) stay byte for byte as they were; a fresh build of today's code writes the
+same tables.
 
 The old code is taken from this clone's history (``git archive``), so the test needs the
 commit: in a shallow clone or an unpacked archive it is skipped and says why.
@@ -44,23 +45,11 @@ def files_of(run: Path) -> dict[str, str]:
             for p in sorted(run.glob("round=*/**/*")) if p.is_file()}
 
 
-def manifests_of(run: Path) -> dict[str, dict]:
-    """What each table's and checkpoint's manifest says the output is: its hash, configuration
-    hash, inputs and rows (times and seconds left out: they say when, not what)."""
+def shards_of(run: Path) -> dict[str, list[str]]:
+    """Each table's shards as its manifest lists them (sha256, rows): its rows, byte for byte."""
     out = {}
-    for p in sorted(run.glob("round=*/**/_manifest.json")):
-        m = json.loads(p.read_text())
-        out[str(p.parent.relative_to(run))] = {k: m.get(k) for k in ("hash", "config_hash", "inputs", "rows")}
-    return out
-
-
-def rows_of(run: Path) -> dict[str, list]:
-    import pyarrow.parquet as pq
-
-    out = {}
-    for folder in sorted({p.parent for p in run.glob("round=*/*/part-*.parquet")}):
-        out[str(folder.relative_to(run))] = [r for f in sorted(folder.glob("part-*.parquet"))
-                                             for r in pq.read_table(f).to_pylist()]
+    for p in sorted(run.glob("round=*/*/_manifest.json")):
+        out[str(p.parent.relative_to(run))] = [(s["sha256"], s["rows"]) for s in json.loads(p.read_text())["shards"]]
     return out
 
 
@@ -84,7 +73,7 @@ def test_a_run_built_by_the_old_code_is_already_done_and_unchanged(tmp_path, tin
     status = run_cli("status", f"runs_dir={runs}", "run=shared").stdout
     assert "every round of the recipe is built" in status, status
 
-    # Today's code, from nothing (the suite's shared run), makes the same rows under the same hashes.
-    new = tiny_run / "shared"
-    assert manifests_of(new) == manifests_of(run)
-    assert rows_of(new) == rows_of(run)
+    # Today's code, from nothing (the suite's shared run), writes every table byte for byte the
+    # same. (Not every manifest hash: a judge trained on from round 1's records that folder's
+    # path, so the hashes downstream of it differ between runs in different folders.)
+    assert shards_of(tiny_run / "shared") == shards_of(run)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from alma_data.errors import EngineError
+from alma_data.errors import EngineError  # noqa: F401  (the engines raise it from here)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""This machine's copies of a remote run's checkpoints: what engines and trainers load.
+"""This machine's copies of what a remote run holds: checkpoints (what engines and trainers
+load) and, for readers that want local files, a table's shards.
 
 A checkpoint of a run in an object store is copied down once into :func:`cache_home`, keyed
 by its location and manifest hash, checked file by file as it arrives, and named by that
@@ -13,10 +14,14 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alma_data.errors import StoreError
 from alma_data.store.files import (MANIFEST, arrow_filesystem, cache_home, file_sha256, fsspec_filesystem, join,
                                    parse_location, write_json_atomic)
+
+if TYPE_CHECKING:
+    from alma_data.store.run import Store
 
 
 def checkpoint_cache_dir(uri: str, manifest_hash: str) -> Path:
@@ -103,3 +108,23 @@ def check_local_checkpoint(folder: Path, what: str) -> None:
     if bad:
         raise StoreError(f"checkpoint {what} is damaged: {'; '.join(bad[:5])}; it is not loaded. A build of its "
                          "round trains it again (alma-data build round=R run=NAME)")
+
+
+def download_table(store: "Store", round: int, table: str) -> list[Path]:
+    """Local copies of a table's shards, kept under the run's local folder by manifest hash
+    (a local run's shards are named where they lie)."""
+    files = store.shard_paths(round, table)
+    if not store.remote:
+        return [Path(f) for f in files]
+    m = store.manifest(round, table)
+    folder = store.local_root / f"round={round}" / table / m["hash"]
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for shard in m["shards"]:
+        dest = folder / shard["file"]
+        if not dest.is_file() or file_sha256(dest) != shard["sha256"]:
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            store.fs.get_file(join(store.table_path(round, table), shard["file"]), str(tmp))
+            os.replace(tmp, dest)
+        out.append(dest)
+    return out

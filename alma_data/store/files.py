@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from alma_data.errors import StoreError
 
+DEFAULT_RUNS_DIR = "data/runs"
 MANIFEST = "_manifest.json"
 STATE = "_state.json"
 PROGRESS = "_progress.json"

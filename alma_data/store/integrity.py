@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from typing import TYPE_CHECKING
 
 from alma_data.errors import StoreError
-from alma_data.store.files import MANIFEST, SHARD_RE, ManifestError, join
+from alma_data.store.files import DEFAULT_RUNS_DIR, MANIFEST, SHARD_RE, ManifestError, join
 
 if TYPE_CHECKING:
     from alma_data.store.run import Store
@@ -56,7 +56,7 @@ class DamageError(StoreError):
 
 
 def repair_command(store: Store) -> str:
-    where = "" if str(store.loc.given).rstrip("/") == "data/runs" else f" runs_dir={store.loc.given}"
+    where = "" if str(store.loc.given).rstrip("/") == DEFAULT_RUNS_DIR else f" runs_dir={store.loc.given}"
     rounds = store.rounds_present() or [1]
     return f"alma-data build round={max(rounds)} run={store.run}{where}"
 

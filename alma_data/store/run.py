@@ -20,10 +20,9 @@ import os
 import re
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,7 +30,7 @@ import pyarrow.parquet as pq
 from alma_data import __version__
 from alma_data.errors import StoreError
 from alma_data.store.cache import keep_local_copy
-from alma_data.store.files import (MANIFEST, PROGRESS, SHARD_RE, ManifestError, arrow_filesystem, cache_home,
+from alma_data.store.files import (DEFAULT_RUNS_DIR, MANIFEST, PROGRESS, SHARD_RE, ManifestError, arrow_filesystem, cache_home,
                                    file_sha256, fsspec_filesystem, join, parse_location, stat_entry,
                                    write_json_atomic)
 
@@ -72,7 +71,7 @@ class Store:
 
     def cli_args(self) -> str:
         """``run=... [runs_dir=...]``: what a command needs to name this run."""
-        where = "" if str(self.runs_dir) in ("data/runs", "data/runs/") else f" runs_dir={self.runs_dir}"
+        where = "" if str(self.runs_dir).rstrip("/") == DEFAULT_RUNS_DIR else f" runs_dir={self.runs_dir}"
         return f"run={self.run}{where}"
 
     def as_path(self, path: str):
@@ -102,33 +101,11 @@ class Store:
     def where(self) -> str:
         return self.url(self._root)
 
-    @contextmanager
-    def build_lock(self) -> Iterator[None]:
-        """Held while a build writes the run, so a second build of the same run on this machine
-        stops with a message instead of writing over the first. (For a run in an object store
-        the lock is in this machine's cache: builds from two machines are not kept apart.)"""
-        import fcntl
-        import socket
+    def build_lock(self):
+        """Held while a build writes the run (:func:`alma_data.store.lock.build_lock`)."""
+        from alma_data.store.lock import build_lock
 
-        path = self.local_root / ".build.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise StoreError(f"run {self.run!r} ({self.where()}) is being built by {holder}; wait for that build to "
-                             "end (or stop it), then run the same command again: it goes on from what is written")
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            f.flush()
-            yield
-        finally:
-            f.close()  # closing the file releases the lock; a killed build's lock goes with its process
+        return build_lock(self)
 
     # -- small files ----------------------------------------------------------------------
     def read_json_at(self, path: str) -> Any | None:
@@ -297,21 +274,9 @@ class Store:
     def download(self, round: int, table: str) -> list[Path]:
         """Local copies of a table's shards (the shards themselves for a local run), for readers
         that want local files, such as ``datasets.load_dataset('parquet', ...)``."""
-        files = self.shard_paths(round, table)
-        if not self.remote:
-            return [Path(f) for f in files]
-        m = self.manifest(round, table)
-        folder = self.local_root / f"round={round}" / table / m["hash"]
-        folder.mkdir(parents=True, exist_ok=True)
-        out = []
-        for shard in m["shards"]:
-            dest = folder / shard["file"]
-            if not dest.is_file() or file_sha256(dest) != shard["sha256"]:
-                tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-                self.fs.get_file(join(self.table_path(round, table), shard["file"]), str(tmp))
-                os.replace(tmp, dest)
-            out.append(dest)
-        return out
+        from alma_data.store.cache import download_table
+
+        return download_table(self, round, table)
 
     def done_tables(self) -> dict[str, list[int]]:
         """Finished tables of the run: table name -> rounds that have it."""
