@@ -5,6 +5,10 @@
     alma-data tables [run=NAME] [runs_dir=DIR]
     alma-data runs [runs_dir=DIR]
     alma-data recipes
+
+One handler per command and the parser that routes to them (over 400 lines: a command is
+a few lines of argument checking each, and they read best side by side); how a failure
+ends is cli_errors.py's.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ the answer format's integers (``rounded``) throws away what makes them real-valu
 teacher at 7.4 and one at 6.6 both become "Rating: [[7]]". Here a row that carries the
 teacher's 11-way distribution (the ``probs`` of judge_distill) is trained against it at
 the rating position, with the student's distribution read exactly as the judge is read
-when it scores (alma_data.stages.judge.real_valued_score): each candidate "0".."10"
+when it scores (alma_data.scoring.real_valued_score): each candidate "0".."10"
 followed by "]]", its tokens' log-probabilities summed, renormalised over the candidates.
 So "10", which SmolLM2's tokenizer splits into "1","0", is a two-token candidate, told
 apart from "1" by the closing "]]". The loss on such a row is KL(teacher || student).

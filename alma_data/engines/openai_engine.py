@@ -13,6 +13,9 @@ the chat template with the local tokenizer), so only ``/completions`` is used, n
   request, so a resumed build never pays twice for the same completion.
 - Scores are read from ``top_logprobs``: the candidates' tokens are known from the local
   tokenizer, so every prefix of a candidate is one request for one next token.
+
+(Over 400 lines: one backend whose client, retries, cache and score reading share the one
+connection's state; split up, each part would reach into the others.)
 """
 
 from __future__ import annotations
