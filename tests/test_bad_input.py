@@ -292,7 +292,7 @@ def test_a_stopped_build_says_so_and_how_to_resume(signum, code, how, tmp_path: 
     def read():
         for line in proc.stderr:
             lines.append(line)
-            if "[round 1] seeds" in line:
+            if "[round 1] seed judge annotations" in line:  # the last of the three seed tables
                 seeds_done.set()
 
     reader = threading.Thread(target=read, daemon=True)
