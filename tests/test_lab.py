@@ -116,7 +116,7 @@ def test_measure_figures_on_a_pool():
 
 # -- the smoke run ---------------------------------------------------------------------------
 def test_lab_smoke_run(tmp_path, monkeypatch):
-    """``run_lab`` at size=smoke: two seeds, every sibling built from its parent's copy with the
+    """``run_lab`` at size=smoke: two seeds to round 2, every sibling built from its parent's copy with the
     shared stages already done, the oracle sealed while anything builds, then the table."""
     from alma_data.lab import runner
 
@@ -151,14 +151,14 @@ def test_lab_smoke_run(tmp_path, monkeypatch):
         for sib in runner.SIBLINGS:
             line = next(l for l in logs if l.startswith(f"lab: lab-s{seed}-{sib.name} built"))
             shared = int(re.search(r"(\d+) shared with", line).group(1))
-            assert shared >= 10, line  # the copied rounds were reused, not rebuilt
+            assert shared >= 5, line  # the copied rounds were reused, not rebuilt
     table = (tmp_path / "lab.md").read_text()
     for section in ("integer -> real-valued", "off -> rounded", "random -> diversified", "latest only -> 1:1:1",
                     "DPO -> SFT", "Rounds 1..R", "interval"):
         assert section in table
     figures = result["figures"]
-    assert all(np.isfinite(figures[f"rounds/M{r} held-out"]["mean"][0]) for r in (1, 2, 3))
+    assert all(np.isfinite(figures[f"rounds/M{r} held-out"]["mean"][0]) for r in (1, 2))
     assert len(figures["rounds/M1 held-out"]["per_seed"]) == 2
     assert {c["verdict"] for c in result["comparisons"]} <= {"held", "did not hold", "could not be told apart",
-                                                             "could not be measured"}
+                                                             "could not be measured", "not run at this size"}
     assert json.loads((tmp_path / "lab.json").read_text())["size"] == "smoke"

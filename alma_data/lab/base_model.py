@@ -21,7 +21,7 @@ from pathlib import Path
 
 from alma_data.lab.domain import graded_answer, random_example
 
-VERSION = 1
+VERSION = 2
 """Bumped when the corpus or the training changes (the cache folder is named after it)."""
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -66,7 +66,7 @@ def train_tokenizer(docs: list[str], vocab_size: int = 1024):
     return fast
 
 
-def pretrain(out: Path, *, steps: int = 600, block: int = 128, batch: int = 16, lr: float = 3e-3,
+def pretrain(out: Path, *, steps: int = 1200, block: int = 128, batch: int = 16, lr: float = 3e-3,
              hidden: int = 128, layers: int = 4, seed: int = 0, log=print) -> dict:
     """Pretrain M0 into ``out`` (save_pretrained layout); returns a summary."""
     import torch

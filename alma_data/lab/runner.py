@@ -59,11 +59,12 @@ class LabSize:
 SIZES = {
     "full": LabSize(seeds=(0, 1, 2), target=3),
     # A couple of minutes: the embedded random 2-layer model, a handful of rows per stage.
-    "smoke": LabSize(seeds=(0, 1), target=3, judge_test_prompts=12, overrides={
+    "smoke": LabSize(seeds=(0, 1), target=2, judge_test_prompts=12, overrides={
         "model": "tiny-random", "seeds.max_sft": "40", "seeds.max_judge": "48", "seeds.eval_prompts": "6",
         "train.max_steps": "1", "train.max_length": "96", "judge.max_steps": "1", "judge.max_length": "256",
         "judge.distill_samples": "8", "prompts.k": "3", "prompts.candidates": "8", "prompts.max_new_tokens": "16",
         "prompts.keep_truncated": "true", "prompts.near_dedup": "false", "prompts.min_words": "1",
+        "prompts.embedder": "base_model",
         "responses.n": "6", "responses.max_new_tokens": "8", "eval.max_new_tokens": "8", "store.shard_rows": "64"}),
 }
 
