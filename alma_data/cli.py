@@ -328,6 +328,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run(args, _split_assignments, DEFAULT_RUNS_DIR)
 
 
+def cmd_lab(args: argparse.Namespace) -> int:
+    from alma_data.lab.runner import cmd_lab as run
+
+    return run(args, _split_assignments, DEFAULT_RUNS_DIR)
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     for name in available_recipes():
         r = load_recipe(name)
@@ -417,6 +423,13 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("assignments", nargs="*", metavar="FILE KEY=VALUE")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
+    lb = sub.add_parser("lab", help="the paper's comparisons on recipe=lab, scored by an exact oracle, over seeds",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="keys: size=full|smoke, seeds=0,1,2, runs_dir=DIR (default data/runs/lab)\n"
+                               "Writes lab.json and lab.md (the table) into runs_dir.")
+    lb.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
+    lb.add_argument("--quiet", action="store_true", help="no progress bars or stage summaries")
+    lb.set_defaults(func=cmd_lab)
     rc = sub.add_parser("recipes", help="list bundled recipes")
     rc.set_defaults(func=cmd_recipes)
     return p

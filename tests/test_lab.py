@@ -1,0 +1,164 @@
+"""The lab: its domain and oracle, its seeds, the oracle's isolation from every build, and a
+smoke run of ``alma-data lab`` (the tiny random model, a handful of rows, two seeds)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alma_data.lab import domain, oracle
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_generated_prompt_parses_and_its_correct_answer_scores_10():
+    rng = random.Random(3)
+    for _ in range(500):
+        ex = domain.random_example(rng)
+        assert oracle.parse(ex.prompt) == ex.spec, ex.prompt
+        assert oracle.score(ex.spec, domain.correct_answer(ex.spec, rng)) == 10.0, ex.prompt
+
+
+def test_oracle_scores_each_fault_below_the_correct_answer():
+    spec = oracle.parse("List three colors. Answer in uppercase. Finish with the word done.")
+    assert spec == domain.Spec("list", n=3, category="colors", case="upper", end="done")
+    assert oracle.score(spec, "RED, BLUE, GREEN, DONE") == 10.0
+    for bad in ("red, blue, green, done", "RED, BLUE, DONE", "RED, BLUE, GREEN", "RED, BLUE, CAT, DONE",
+                "Sure! RED, BLUE, GREEN, DONE", ""):
+        assert oracle.score(spec, bad) < 10.0, bad
+    assert oracle.score(spec, "") == 0.0
+    add = oracle.parse("What is 12 plus 30?")
+    assert [oracle.score(add, a) for a in ("42", "The answer is 42", "41", "7")] == [10.0, 6.0, 3.0, 0.0]
+    assert oracle.parse("Tell me a story about 12 dragons.") is None
+    assert oracle.parse("Say moon 3 times. Answer in uppercase. Answer in lowercase.") is None
+
+
+def test_bundled_lab_seeds_are_what_the_generator_writes_at_the_paper_ratio():
+    from alma_data.lab.seeds import BUNDLED_SFT, seed_rows
+
+    sft, judge = seed_rows(BUNDLED_SFT)
+    lines = lambda name: [json.loads(l) for l in (ROOT / "data" / "seed" / f"{name}.jsonl").read_text().splitlines()]
+    assert lines("lab_sft") == sft and lines("lab_judge") == judge
+    assert len(sft) * 4 == len(judge) * 5  # 5 : 4
+    assert {r["score"] for r in judge} >= {0, 10} and len({r["score"] for r in judge}) >= 8
+    for r in judge:  # the annotator's score is the oracle's, rounded
+        assert r["score"] == round(oracle.score_prompt(r["prompt"], r["response"]))
+
+
+# -- the oracle only measures ----------------------------------------------------------------
+MEASURING = {"alma_data/lab/oracle.py", "alma_data/lab/measure.py", "alma_data/lab/seeds.py"}
+"""The modules allowed to import the oracle: itself, the measurements, and the seed writer
+(where it plays the human annotator, before any build)."""
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_oracle_is_never_read_by_a_build():
+    """No module of the library or the trainer but the measuring ones imports the oracle or
+    the measurements (the runner imports them only after its builds), and importing
+    everything a build runs leaves the oracle unloaded."""
+    sources = sorted((ROOT / "alma_data").rglob("*.py")) + sorted((ROOT / "training").rglob("*.py"))
+    offenders = []
+    for path in sources:
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in MEASURING:
+            continue
+        hits = {n for n in _imports(path) if n.startswith(("alma_data.lab.oracle", "alma_data.lab.measure"))
+                or n in ("alma_data.lab.oracle", "alma_data.lab.measure")}
+        if rel == "alma_data/lab/runner.py":
+            # allowed only inside run_lab, after build_all
+            text = path.read_text()
+            assert text.index("import measure_lab") > text.index("build_seconds = build_all(")
+            continue
+        if hits or "from alma_data.lab import oracle" in path.read_text():
+            offenders.append(rel)
+    assert offenders == []
+    code = ("import sys, pkgutil, importlib, alma_data.stages, training\n"
+            "import alma_data.round, alma_data.cli, alma_data.lab.runner, alma_data.lab.base_model\n"
+            "for m in pkgutil.iter_modules(alma_data.stages.__path__): importlib.import_module('alma_data.stages.' + m.name)\n"
+            "bad = [m for m in sys.modules if m in ('alma_data.lab.oracle', 'alma_data.lab.measure')]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_measure_figures_on_a_pool():
+    from alma_data.lab.measure import best_of_n_curve, mix_vs_latest, pick_oracle, pool_pair_outcomes
+
+    pool = {"p": [{"response_id": f"r{i}", "checkpoint": ck, "score": s, "score_int": round(s), "oracle": o}
+                  for i, (ck, s, o) in enumerate([("m1a", 2.2, 1.0), ("m1b", 2.4, 3.0), ("m2", 8.9, 9.0),
+                                                  ("m2", 7.1, 4.0), ("m1a", 1.0, 0.0), ("m2", 6.6, 8.0)])]}
+    assert pick_oracle(pool, "score").tolist() == [9.0]
+    curve = best_of_n_curve(pool, [1, 2, 6])
+    assert curve[1][0] == pytest.approx(np.mean([1, 3, 9, 4, 0, 8]))
+    assert curve[1][0] < curve[2][0] < curve[6][0] == 9.0
+    only, mixed = mix_vs_latest(pool, "m2", draws=50)
+    assert 0 <= mixed[0] <= 9 and only[0] == 9.0  # all three of m2's: its best is always drawn
+    outcomes = pool_pair_outcomes(pool, "score_int")
+    assert set(outcomes.tolist()) <= {0.0, 0.5, 1.0} and len(outcomes) > 0
+
+
+# -- the smoke run ---------------------------------------------------------------------------
+def test_lab_smoke_run(tmp_path, monkeypatch):
+    """``run_lab`` at size=smoke: two seeds to round 2, every sibling built from its parent's copy with the
+    shared stages already done, the oracle sealed while anything builds, then the table."""
+    from alma_data.lab import runner
+
+    sealed = {"on": False}
+    real_parse = oracle.parse
+
+    def guarded(prompt):
+        assert not sealed["on"], "a build read the oracle"
+        return real_parse(prompt)
+
+    real_score = oracle.score
+
+    def guarded_score(spec, answer):
+        assert not sealed["on"], "a build read the oracle"
+        return real_score(spec, answer)
+
+    monkeypatch.setattr(oracle, "parse", guarded)
+    monkeypatch.setattr(oracle, "score", guarded_score)
+    real_build_all = runner.build_all
+
+    def build_all_sealed(*args, **kwargs):
+        sealed["on"] = True
+        try:
+            return real_build_all(*args, **kwargs)
+        finally:
+            sealed["on"] = False
+
+    monkeypatch.setattr(runner, "build_all", build_all_sealed)
+    logs: list[str] = []
+    result = runner.run_lab(tmp_path, "smoke", log=logs.append)
+    for seed in (0, 1):
+        for sib in runner.SIBLINGS:
+            line = next(l for l in logs if l.startswith(f"lab: lab-s{seed}-{sib.name} built"))
+            shared = int(re.search(r"(\d+) shared with", line).group(1))
+            assert shared >= 5, line  # the copied rounds were reused, not rebuilt
+    table = (tmp_path / "lab.md").read_text()
+    for section in ("integer -> real-valued", "off -> rounded", "random -> diversified", "latest only -> 1:1:1",
+                    "DPO -> SFT", "Rounds 1..R", "interval"):
+        assert section in table
+    figures = result["figures"]
+    assert all(np.isfinite(figures[f"rounds/M{r} held-out"]["mean"][0]) for r in (1, 2))
+    assert len(figures["rounds/M1 held-out"]["per_seed"]) == 2
+    assert {c["verdict"] for c in result["comparisons"]} <= {"held", "did not hold", "could not be told apart",
+                                                             "could not be measured", "not run at this size"}
+    assert json.loads((tmp_path / "lab.json").read_text())["size"] == "smoke"
