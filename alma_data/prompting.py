@@ -20,6 +20,9 @@ JUDGE_TEMPLATE = (
     "[Question]\n{prompt}\n\n"
     "[The Start of Assistant's Answer]\n{response}\n[The End of Assistant's Answer]\n\n"
 )
+FEW_SHOT_HEAD = "Here are some requests that users sent to an AI assistant.\n\n"
+DELIMITER = "###"
+"""Ends each request of a few-shot prompt; a candidate is cut at the first one it writes."""
 RATING_PREFIX = "Rating: [["
 RATING_SUFFIX = "]]"
 _RATING_RE = re.compile(r"Rating:\s*\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
@@ -57,3 +60,9 @@ def parse_rating(text: str, scale: int = 10) -> float | None:
         return None
     value = float(m.group(1))
     return value if 0 <= value <= scale else None
+
+
+def few_shot_prompt(shots: list[str]) -> str:
+    """Plain text, no chat template: a base model continues the list with a new request."""
+    body = "".join(f"Request {i + 1}: {s.strip()}\n{DELIMITER}\n" for i, s in enumerate(shots))
+    return f"{FEW_SHOT_HEAD}{body}Request {len(shots) + 1}:"

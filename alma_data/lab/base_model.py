@@ -29,7 +29,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
 
 
 def corpus(n_chats: int = 12000, n_lists: int = 2000, seed: int = 7) -> list[str]:
-    from alma_data.stages.prompts import DELIMITER, few_shot_prompt
+    from alma_data.prompting import DELIMITER, few_shot_prompt
 
     rng = random.Random(seed)
     docs = []

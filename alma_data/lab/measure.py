@@ -111,7 +111,7 @@ def mix_vs_latest(pool: dict[str, list[dict]], latest: str, draws: int = 200, se
 def judge_on_pairs(store: Store, round: int, name: str, pairs: list[dict]) -> dict[str, np.ndarray]:
     """The judge checkpoint's real-valued and integer scores of the chosen and rejected answers."""
     from alma_data.engines import open_engine
-    from alma_data.stages.judge import real_valued_score
+    from alma_data.scoring import real_valued_score
 
     recipe = recipe_from_dict(store.read_run()["recipe"])
     engine = open_engine(recipe, store.checkpoint_location(round, name), name=name, round=round, role="score",

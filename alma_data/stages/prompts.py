@@ -26,12 +26,11 @@ from alma_data.errors import BuildError
 from alma_data.executors import EngineSpec, ShardJob, ShardRun
 from alma_data.ids import normalize_text, prompt_id, seed_int, stable_id
 from alma_data.models import EMBEDDED, resolve
+from alma_data.prompting import DELIMITER, few_shot_prompt
 from alma_data.sql import register_parquet, run_sql
 from alma_data.stage import Context, Stage, recipe_keys, shard_count, shard_slice
 from alma_data.store import TableRef, write_table
 
-FEW_SHOT_HEAD = "Here are some requests that users sent to an AI assistant.\n\n"
-DELIMITER = "###"
 
 CANDIDATES = pa.schema([
     ("candidate_id", pa.string()),
@@ -52,12 +51,6 @@ CLUSTERED = pa.schema([
 SYNTHETIC_PROMPTS = pa.schema(list(schemas.PROMPTS) + [("cluster", pa.int32()), ("shots", pa.list_(pa.string()))])
 
 _NUMBERING = re.compile(r"^\s*(?:request\s*\d*\s*[:.)-]|\d+\s*[:.)-]|[-*\u2022])\s*", re.IGNORECASE)
-
-
-def few_shot_prompt(shots: list[str]) -> str:
-    """Plain text, no chat template: a base model continues the list with a new request."""
-    body = "".join(f"Request {i + 1}: {s.strip()}\n{DELIMITER}\n" for i, s in enumerate(shots))
-    return f"{FEW_SHOT_HEAD}{body}Request {len(shots) + 1}:"
 
 
 def parse_candidate(text: str, finish_reason: str, shots: list[str], min_words: int, max_words: int,
