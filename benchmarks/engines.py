@@ -202,8 +202,9 @@ def judge_questions(tok, args) -> list[str]:
 
 
 def step_vllm_cpu(args, ours: bool) -> dict:
-    """vLLM on its CPU platform: our engine (seeded, no split prefill; then the judge both
-    ways), or vLLM's plain ``LLM.generate`` with its own CPU defaults (chunked prefill, no seeds)."""
+    """vLLM on its CPU platform: our engine (seeded, no split prefill; its judge on
+    prefix-cached next-token logprobs), or vLLM's plain ``LLM.generate`` with its own CPU
+    defaults (chunked prefill, so no seeds) and the judge read from prompt logprobs."""
     import numpy as np
 
     from alma_data.config import VLLMConfig
@@ -240,16 +241,38 @@ def step_vllm_cpu(args, ours: bool) -> dict:
         tokens = sum(len(c.token_ids) - (c.finish_reason == "stop" and not isinstance(c.stop_reason, str))
                      for r in res for c in r.outputs)
     result.update(sequences=len(prompts) * args.n, tokens=tokens, seconds=time.perf_counter() - t0)
+    qs = judge_questions(tok, args)
+    candidates = [str(s) for s in range(11)]
+    t0 = time.perf_counter()
     if ours:
-        qs = judge_questions(tok, args)
-        for reading in ("next_token", "prompt_logprobs"):
-            engine.score_reading = reading
-            t0 = time.perf_counter()
-            probs = engine.score_candidates(qs, [str(s) for s in range(11)], suffix=RATING_SUFFIX)
-            result[f"judge_{reading}"] = {"pairs": len(qs), "seconds": time.perf_counter() - t0,
-                                          "scores": [round(float(x), 4) for x in (probs * np.arange(11)).sum(-1)]}
-        result["prompt_tokens"] = sum(len(tok(q).input_ids) for q in qs)
+        probs = engine.score_candidates(qs, candidates, suffix=RATING_SUFFIX)
+    else:
+        probs = prompt_logprobs_scores(vllm, llm, tok, qs, candidates, RATING_SUFFIX)
+    result["judge"] = {"pairs": len(qs), "seconds": time.perf_counter() - t0,
+                       "scores": [round(float(x), 4) for x in (probs * np.arange(11)).sum(-1)]}
+    result["prompt_tokens"] = sum(len(tok(q).input_ids) for q in qs)
     return result
+
+
+def prompt_logprobs_scores(vllm, llm, tok, qs: list[str], candidates: list[str], suffix: str):
+    """The judge as plain vLLM reads it: question + candidate as one prompt each, the
+    candidate's tokens from ``prompt_logprobs`` (which read no prefix cache)."""
+    import numpy as np
+
+    sp = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+    requests, spans = [], []
+    for q in qs:
+        head = tok(q, add_special_tokens=False).input_ids
+        for c in candidates:
+            full = tok(q + c + suffix, add_special_tokens=False).input_ids
+            requests.append({"prompt_token_ids": full})
+            spans.append((len(head), full[len(head):]))
+    logp = np.zeros((len(qs), len(candidates)))
+    for k, (res, (offset, ids)) in enumerate(zip(llm.generate(requests, sp, use_tqdm=False), spans)):
+        logp[k // len(candidates), k % len(candidates)] = sum(res.prompt_logprobs[offset + j][t].logprob
+                                                              for j, t in enumerate(ids))
+    probs = np.exp(logp - logp.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True)
 
 
 def start_llama_server(args, log: Path):
@@ -401,9 +424,8 @@ def print_table(results: dict) -> None:
         judge = []
         if "pairs" in r and "tokens" not in r:
             judge.append(f"{r['pairs'] / r['seconds']:.2f}")
-        for key in ("judge", "judge_next_token", "judge_prompt_logprobs"):
-            if key in r:
-                judge.append(f"{r[key]['pairs'] / r[key]['seconds']:.2f}" + ("" if key == "judge" else f" ({key[6:]})"))
+        if "judge" in r:
+            judge.append(f"{r['judge']['pairs'] / r['judge']['seconds']:.2f}")
         notes = ", ".join(f"{k} {r[k]}" for k in ("dtype", "server", "chunked_prefill", "batch_rows") if k in r)
         if "start_seconds" in r:
             notes += f", start {r['start_seconds']:.0f} s"
