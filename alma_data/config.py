@@ -193,11 +193,6 @@ class VLLMConfig:
     enforce_eager: bool = False
     """Skip CUDA graph capture (faster start, slower steady state). On vLLM's CPU platform the
     engine always runs eagerly: compiling took 295 s of start-up against 60 s for SmolLM2-135M."""
-    score_reading: Literal["next_token", "prompt_logprobs"] = "next_token"
-    """How the judge's candidates are read: ``next_token`` (the question prefilled once and
-    cached, then a next-token request for each head of a candidate, its tokens' log-probabilities
-    asked by id) or ``prompt_logprobs`` (question + candidate as one prompt each, prefilled in
-    full: vLLM reads no prefix cache for prompt logprobs). Both exact for multi-token candidates."""
     cpu_kv_cache_gb: float = 2.0
     """On vLLM's CPU platform: GiB of host memory for the KV cache (vLLM's own default there
     is a share of all host memory, ``gpu_memory_utilization`` of it). Unused on a GPU."""

@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,6 +11,28 @@ ROOT = Path(__file__).resolve().parent.parent
 # Set before torch starts its thread pool: spinning OpenMP threads collapse when several
 # test processes share two cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# A suite started in the background of a script (`... &`) inherits SIGINT ignored, and so would
+# every build it starts: the Ctrl-C tests would wait for a build that cannot hear Ctrl-C.
+# A handler set here is reset to the default in each child, which then hears it as a user's would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# pytest-xdist runs the suite on two workers (pyproject's addopts: ``-n auto --dist loadgroup``).
+# A test file stays on one worker, so its module fixtures are built once; the files that start
+# a local Ray instance share one worker, so two Ray clusters never start side by side.
+_ONE_WORKER = {"test_ray": "ray", "test_launch": "ray"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        item.add_marker(pytest.mark.xdist_group(_ONE_WORKER.get(module, module)))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker a core, at most two. Each worker builds the session's tiny run
+    once and holds a model or two (about 2.5 GiB at its peak); past two the saving is small."""
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")

@@ -122,16 +122,11 @@ def forward_pass_logprobs(model_path: str, qs: list[str], candidates: list[str],
 
 
 @real_vllm
-@pytest.mark.parametrize("reading", ["next_token", "prompt_logprobs"])
-def test_vllm_scores_are_a_forward_pass_and_the_transformers_engine(engine, reference, vllm_tiny, reading):
+def test_vllm_scores_are_a_forward_pass_and_the_transformers_engine(engine, reference, vllm_tiny):
     qs = questions(engine.tokenizer)
     # "10" is two tokens for this tokenizer: the multi-token case is read here
     assert len(engine.candidate_ids(qs[0], "10" + RATING_SUFFIX)) > len(engine.candidate_ids(qs[0], "7" + RATING_SUFFIX))
-    engine.score_reading = reading
-    try:
-        ours = engine.score_candidates(qs, SCORES, suffix=RATING_SUFFIX)
-    finally:
-        engine.score_reading = "next_token"
+    ours = engine.score_candidates(qs, SCORES, suffix=RATING_SUFFIX)
     want = forward_pass_logprobs(vllm_tiny, qs, SCORES, RATING_SUFFIX)
     want = np.exp(want - want.max(axis=1, keepdims=True))
     want /= want.sum(axis=1, keepdims=True)
@@ -152,31 +147,27 @@ def test_vllm_builds_round_2_and_resumes_after_a_kill(tmp_path, vllm_tiny):
     runs = tmp_path / "runs"
     args = ["build", "round=2", *VLLM_BUILD, f"model={vllm_tiny}", f"runs_dir={runs}", "run=v"]
     env = {**os.environ, "TQDM_DISABLE": "1"}
+    # its own process group: the kill takes vLLM's engine-core process with it, as a machine's would
     proc = subprocess.Popen([sys.executable, "-m", "alma_data", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     first = runs / "v" / "round=2" / "responses" / "part-00000.parquet"
-    deadline = time.time() + 600
+    deadline = time.time() + 1200
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     store = Store(runs, "v")
     assert first.exists() and not store.is_done(2, "responses"), "the kill did not land inside sampling"
     before = {p.name: p.stat().st_mtime_ns for p in store.table_dir(2, "responses").glob("part-*.parquet")}
-    out = run_cli(*args)
+    out = run_cli(*args, timeout=1800)
     assert "prompt candidates: already done" in out.stderr
     assert store.is_done(2, "sft") and store.checkpoint_done(2, "m2")
     assert {p.name: p.stat().st_mtime_ns for p in store.table_dir(2, "responses").glob("part-*.parquet")
             if p.name in before} == before  # kept, not written again
-    q = f"select response_id, prompt_id, checkpoint, sample_index, seed, response from read_parquet('{first}') order by all"
-    rows = duckdb.sql(q).fetchall()
     got = dict(duckdb.sql(f"select checkpoint, count(*) from read_parquet('{runs}/v/round=2/responses/*.parquet') "
                           "group by all").fetchall())
     assert got == {"m1a": 8, "m1b": 8}
-    # The same shard made again in a new process gives the same rows: seeds, not luck.
-    first.unlink()
-    run_cli(*args)
-    assert duckdb.sql(q).fetchall() == rows
+    assert duckdb.sql(f"select count(*) from read_parquet('{runs}/v/round=2/judgments/*.parquet')").fetchone()[0] == 16
 
 
 # -- against a stand-in vllm module (no GPU) --------------------------------------------------
@@ -333,25 +324,17 @@ def test_vllm_engine_samples_with_per_request_seeds(fake_vllm, tiny_model):
     assert eng.generate(["b c"], params) != out[1:]  # the seed follows the prompt's position
 
 
-@pytest.mark.parametrize("reading", ["next_token", "prompt_logprobs"])
-def test_vllm_engine_reads_multi_token_candidates(fake_vllm, tiny_model, reading):
-    from alma_data.config import VLLMConfig
-
-    eng = load_engine("vllm", tiny_model, options=VLLMConfig(score_reading=reading))
+def test_vllm_engine_reads_multi_token_candidates_from_next_token_logprobs(fake_vllm, tiny_model):
+    eng = load_engine("vllm", tiny_model)
     questions = ["Rating: [[", "Another question. Rating: [["]
     candidates = [str(s) for s in range(11)]
     probs = eng.score_candidates(questions, candidates, suffix="]]")
-    calls = FakeLLM.instances[-1].calls
-    if reading == "prompt_logprobs":
-        prompts, sps = calls[-1]
-        assert sps[0].prompt_logprobs == 0 and len(prompts) == len(questions) * len(candidates)
-    else:
-        # the questions alone first (their blocks cached), then one request a longer head
-        (first, first_sps), (rest, rest_sps) = calls[-2:]
-        heads = [eng.tokenizer(q, add_special_tokens=False).input_ids for q in questions]
-        assert [p["prompt_token_ids"] for p in first] == heads
-        assert all(sp.prompt_logprobs is None and sp.logprob_token_ids for sp in first_sps + rest_sps)
-        assert len(set(first_sps[0].logprob_token_ids)) == len(first_sps[0].logprob_token_ids) <= len(candidates)
+    # the questions alone first (their blocks cached), then one request a longer head
+    (first, first_sps), (rest, rest_sps) = FakeLLM.instances[-1].calls[-2:]
+    heads = [eng.tokenizer(q, add_special_tokens=False).input_ids for q in questions]
+    assert [p["prompt_token_ids"] for p in first] == heads
+    assert all(sp.prompt_logprobs is None and sp.logprob_token_ids for sp in first_sps + rest_sps)
+    assert len(set(first_sps[0].logprob_token_ids)) == len(first_sps[0].logprob_token_ids) <= len(candidates)
     assert probs.shape == (2, 11)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
     for q, row in zip(questions, probs):

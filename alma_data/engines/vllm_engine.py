@@ -31,10 +31,10 @@ so a candidate's log-probability is the exact sum over its own tokens, however m
 ("10" is "1","0" for SmolLM2's tokenizer). The question alone goes first, one request a
 question; the others follow in a second call and read the question's KV blocks from the
 prefix cache, so a question is prefilled once (up to its last, partly filled block), not
-once per candidate. The old way, ``prompt_logprobs`` over question + candidate, makes
-vLLM skip prefix-cache reads, so every pair was prefilled in full eleven times; it stays
-as ``vllm.score_reading=prompt_logprobs`` for comparison (benchmarks/engines.py measures
-both; tests check both against a forward pass).
+once per candidate. The engine's former way, ``prompt_logprobs`` over question +
+candidate, makes vLLM skip prefix-cache reads, so every question was prefilled in full
+eleven times: 3.7x slower on this project's CPU (``benchmarks/engines.py`` keeps it as
+the plain-vLLM judge it measures against), so it is gone.
 """
 
 from __future__ import annotations
@@ -123,7 +123,6 @@ class VLLMEngine(Engine):
                               f"{self.platform!r}")
         self.model_path = str(model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.score_reading = getattr(opts, "score_reading", "next_token")
         if dtype == "auto":
             # vLLM's own "auto" would run a checkpoint saved in float32 in float16 (its rule for
             # float32 configs); ours is bf16 where the device has it (alma_data/precision.py).
@@ -216,7 +215,6 @@ class VLLMEngine(Engine):
                          progress=None) -> np.ndarray:
         C = len(candidates)
         result = np.zeros((len(prompts), C), dtype=np.float64)
-        read = self._read_prompt_logprobs if self.score_reading == "prompt_logprobs" else self._read_next_tokens
         step = max(1, self.chunk // C)
         for start in range(0, len(prompts), step):
             part = prompts[start:start + step]
@@ -226,7 +224,7 @@ class VLLMEngine(Engine):
                 head = self.tokenizer(p, add_special_tokens=False).input_ids
                 heads.append(head)
                 cands.append([self.candidate_ids(p, c + suffix, head=head) for c in candidates])
-            logp = read(heads, cands)
+            logp = self._read_next_tokens(heads, cands)
             probs = np.exp(logp - logp.max(axis=1, keepdims=True))
             result[start:start + len(part)] = probs / probs.sum(axis=1, keepdims=True)
             self.stats.scored += len(part)
@@ -252,34 +250,13 @@ class VLLMEngine(Engine):
                 got = res.outputs[0].logprobs
                 if not got:
                     raise RuntimeError("vLLM returned no logprobs for a request with logprob_token_ids; this "
-                                       "version of vLLM cannot read the judge's scores this way "
-                                       "(vllm.score_reading=prompt_logprobs reads them from prompt logprobs)")
+                                       "version of vLLM cannot read the judge's scores (it needs vLLM 0.32 or later)")
                 for t in trees[q][key]:
                     logprob[(q, key, t)] = got[0][t].logprob
         out = np.zeros((len(heads), len(cands[0]) if cands else 0), dtype=np.float64)
         for q, rows in enumerate(cands):
             for c, ids in enumerate(rows):
                 out[q, c] = sum(logprob[(q, tuple(ids[:j]), t)] for j, t in enumerate(ids))
-        return out
-
-    def _read_prompt_logprobs(self, heads: list[list[int]], cands: list[list[list[int]]]) -> np.ndarray:
-        """Log-probabilities of the candidates from the prompt logprobs of question + candidate
-        (no prefix-cache reads: vLLM skips them for requests that ask for prompt logprobs)."""
-        sp = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        requests, spans = [], []
-        for head, rows in zip(heads, cands):
-            for ids in rows:
-                requests.append({"prompt_token_ids": head + ids})
-                spans.append((len(head), ids))
-        C = len(cands[0]) if cands else 0
-        out = np.zeros((len(heads), C), dtype=np.float64)
-        for k, (res, (offset, ids)) in enumerate(zip(self.llm.generate(requests, sp, use_tqdm=False), spans)):
-            plp = res.prompt_logprobs
-            if plp is None:
-                raise RuntimeError("vLLM returned no prompt logprobs; this version of vLLM cannot read the "
-                                   "judge's scores (it needs SamplingParams(prompt_logprobs=0) support)")
-            # plp[i] maps the prompt's token i (given the tokens before it) to its Logprob.
-            out[k // C, k % C] = sum(plp[offset + j][t].logprob for j, t in enumerate(ids))
         return out
 
     def close(self) -> None:

@@ -110,7 +110,8 @@ def build_all(runs_dir: Path, size: LabSize, log=print, quiet: bool = True) -> d
         for sib in SIBLINGS:
             child = f"{parent}-{sib.name}"
             t0 = time.time()
-            fork_run(runs_dir, parent, child, sib.rounds_kept)
+            if not Store(runs_dir, child).exists():  # an existing sibling resumes like any run
+                fork_run(runs_dir, parent, child, sib.rounds_kept)
             ctx = build(load_recipe("lab", {**base, **sib.overrides}), Store(runs_dir, child), sib.target,
                         force=True, quiet=quiet)
             seconds[child] = round(time.time() - t0, 1)
