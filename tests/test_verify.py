@@ -184,7 +184,7 @@ def test_damage_in_a_bucket_is_found_by_the_cheap_check_and_by_verify(s3_server,
     shard = f"{store.table_dir(1, 't')}/part-00001.parquet"  # a path on the bucket's filesystem
     t = pq.read_table(shard, filesystem=store.arrow_fs)
     pq.write_table(t.take([3, 2, 1, 0]), shard, filesystem=store.arrow_fs, compression="zstd")
-    store.fs.rm_file(f"{store._checkpoint(1, 'm')}/config.json")
+    store.fs.rm_file(f"{store.checkpoint_path(1, 'm')}/config.json")
     fresh = Store(uri, "r")
     found = verify_run(fresh, progress=False).damage
     assert [d.where.rsplit("/", 1)[-1] for d in found] == ["config.json", "part-00001.parquet"]
