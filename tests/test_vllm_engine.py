@@ -167,7 +167,7 @@ def test_vllm_builds_round_2_and_resumes_after_a_kill(tmp_path, vllm_tiny):
     got = dict(duckdb.sql(f"select checkpoint, count(*) from read_parquet('{runs}/v/round=2/responses/*.parquet') "
                           "group by all").fetchall())
     assert got == {"m1a": 8, "m1b": 8}
-    assert duckdb.sql(f"select count(*) from read_parquet('{runs}/v/round=2/judgments/*.parquet')").fetchone()[0] == 16
+    assert duckdb.sql(f"select count(*) from read_parquet('{runs}/v/round=2/judgments/*.parquet')").fetchall() == [(16,)]
 
 
 # -- against a stand-in vllm module (no GPU) --------------------------------------------------
