@@ -98,10 +98,27 @@ def seed_overrides(seed: int, m1_checkpoints: int = 2) -> dict[str, str]:
     return {"seed": str(seed), "train.m1_seeds": f"[{m1}]"}
 
 
+def check_base_model(model: str) -> None:
+    """The cached ``lab-tiny`` must be the one today's :mod:`alma_data.lab.base_model` makes: the
+    model cache knows models by name only, so a changed corpus or training would go unseen."""
+    if model != "lab-tiny":
+        return
+    from alma_data.errors import AlmaError
+    from alma_data.lab.base_model import VERSION
+    from alma_data.models import resolve
+
+    folder = Path(resolve(model))
+    made = json.loads((folder / "lab_base.json").read_text()).get("version") if (folder / "lab_base.json").is_file() else None
+    if made != VERSION:
+        raise AlmaError(f"{folder} holds lab-tiny version {made}, this alma-data makes version {VERSION}; "
+                        f"remove that folder and run again to pretrain it anew (minutes)")
+
+
 def build_all(runs_dir: Path, size: LabSize, log=print, quiet: bool = True) -> dict:
     """Every run of the lab; returns {run name: seconds of its build}."""
     from alma_data.round import build
 
+    check_base_model(load_recipe("lab", size.overrides).model)
     seconds = {}
     for seed in size.seeds:
         parent = f"lab-s{seed}"
