@@ -277,6 +277,13 @@ def fake_vllm(monkeypatch):
     module.platforms = platforms
     monkeypatch.setitem(sys.modules, "vllm", module)
     monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    # where the real vLLM is installed too, close() must not reach its clean-up with the stand-in
+    distributed = types.ModuleType("vllm.distributed")
+    parallel_state = types.ModuleType("vllm.distributed.parallel_state")
+    parallel_state.cleanup_dist_env_and_memory = lambda: None
+    distributed.parallel_state = parallel_state
+    monkeypatch.setitem(sys.modules, "vllm.distributed", distributed)
+    monkeypatch.setitem(sys.modules, "vllm.distributed.parallel_state", parallel_state)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     FakeLLM.instances = []
     return module
