@@ -365,11 +365,17 @@ def step_llama(args, ours: bool) -> dict:
                 tokens = sum(pool.map(one, [(p, j) for p in prompts for j in range(args.n)]))
         result.update(sequences=len(prompts) * args.n, tokens=tokens, seconds=time.perf_counter() - t0)
         if ours:
+            from alma_data.engines.openai_engine import OpenAIEngineError
+
             qs = judge_questions(tok, args)
             t0 = time.perf_counter()
-            probs = engine.score_candidates(qs, [str(s) for s in range(11)], suffix=RATING_SUFFIX)
-            result["judge"] = {"pairs": len(qs), "seconds": time.perf_counter() - t0,
-                               "scores": [round(float(x), 4) for x in (probs * np.arange(11)).sum(-1)]}
+            try:
+                probs = engine.score_candidates(qs, [str(s) for s in range(11)], suffix=RATING_SUFFIX)
+            except OpenAIEngineError as exc:  # a server whose completions carry no top logprobs
+                result["judge_error"] = str(exc)[:300]
+            else:
+                result["judge"] = {"pairs": len(qs), "seconds": time.perf_counter() - t0,
+                                   "scores": [round(float(x), 4) for x in (probs * np.arange(11)).sum(-1)]}
         return result
     finally:
         proc.terminate()

@@ -167,7 +167,7 @@ def test_vllm_builds_round_2_and_resumes_after_a_kill(tmp_path, vllm_tiny):
     got = dict(duckdb.sql(f"select checkpoint, count(*) from read_parquet('{runs}/v/round=2/responses/*.parquet') "
                           "group by all").fetchall())
     assert got == {"m1a": 8, "m1b": 8}
-    assert duckdb.sql(f"select count(*) from read_parquet('{runs}/v/round=2/judgments/*.parquet')").fetchone()[0] == 16
+    assert duckdb.sql(f"select count(*) from read_parquet('{runs}/v/round=2/judgments/*.parquet')").fetchall() == [(16,)]
 
 
 # -- against a stand-in vllm module (no GPU) --------------------------------------------------
@@ -277,6 +277,13 @@ def fake_vllm(monkeypatch):
     module.platforms = platforms
     monkeypatch.setitem(sys.modules, "vllm", module)
     monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    # where the real vLLM is installed too, close() must not reach its clean-up with the stand-in
+    distributed = types.ModuleType("vllm.distributed")
+    parallel_state = types.ModuleType("vllm.distributed.parallel_state")
+    parallel_state.cleanup_dist_env_and_memory = lambda: None
+    distributed.parallel_state = parallel_state
+    monkeypatch.setitem(sys.modules, "vllm.distributed", distributed)
+    monkeypatch.setitem(sys.modules, "vllm.distributed.parallel_state", parallel_state)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     FakeLLM.instances = []
     return module

@@ -186,20 +186,20 @@ def measure_seed(runs_dir: Path, seed: int, target: int, pairs: list[dict], log=
 
 # -- the comparisons: (section, what the paper reports, arm A key, arm B key) where the paper has B > A --
 COMPARISONS = [
-    ("Judge score: integer -> real-valued (Table 2)", "RewardBench 0.669 -> 0.846",
+    ("Judge score: integer -> real-valued", "RewardBench 0.669 -> 0.846",
      "int_vs_real/judge test, integer", "int_vs_real/judge test, real-valued"),
     ("", "", "int_vs_real/round-2 pool pairs, integer", "int_vs_real/round-2 pool pairs, real-valued"),
     ("", "", "int_vs_real/best-of-N pick, integer", "int_vs_real/best-of-N pick, real-valued"),
-    ("Judge self-distillation: off -> rounded (Table 3)", "RewardBench 0.846 -> 0.863",
+    ("Judge self-distillation: off -> rounded", "RewardBench 0.846 -> 0.863",
      "distill/judge test, off (round-1 judge)", "distill/judge test, rounded"),
     ("Self-distillation target: rounded -> soft (ours)", "not in the paper",
      "distill/judge test, rounded", "distill/judge test, soft"),
-    ("Prompt selection: random -> diversified (Table 4)", "diversified better",
+    ("Prompt selection: random -> diversified", "diversified better",
      "prompts/M2 held-out, random", "prompts/M2 held-out, diversified"),
     ("", "", "prompts/instruction kinds among K, random", "prompts/instruction kinds among K, diversified"),
-    ("Checkpoint mix: latest only -> 1:1:1 (Table 5)", "1:1:1 better",
+    ("Checkpoint mix: latest only -> 1:1:1", "1:1:1 better",
      "mix/best-of-3 pick, latest only", "mix/best-of-3 pick, 1:1:1"),
-    ("Trainer: DPO -> SFT of the base on best-of-n (Table 6)", "the paper's recipe is SFT",
+    ("Trainer: DPO -> SFT of the base on best-of-n", "the paper's recipe is SFT",
      "sft_vs_dpo/M2 held-out, DPO", "sft_vs_dpo/M2 held-out, SFT"),
 ]
 

@@ -54,17 +54,19 @@ class LabSize:
     target: int
     overrides: dict[str, str] = field(default_factory=dict)
     judge_test_prompts: int = 200
+    m1_checkpoints: int = 2
+    """Round 1's SFT checkpoints (m1a, m1b); the smoke run trains m1a only."""
 
 
 SIZES = {
     "full": LabSize(seeds=(0, 1, 2), target=3),
-    # A couple of minutes: the embedded random 2-layer model, a handful of rows per stage.
-    "smoke": LabSize(seeds=(0, 1), target=2, judge_test_prompts=12, overrides={
+    # A couple of minutes: one seed, the embedded random 2-layer model, a handful of rows a stage.
+    "smoke": LabSize(seeds=(0,), target=2, judge_test_prompts=8, m1_checkpoints=1, overrides={
         "model": "tiny-random", "seeds.max_sft": "40", "seeds.max_judge": "48", "seeds.eval_prompts": "6",
         "train.max_steps": "1", "train.max_length": "96", "judge.max_steps": "1", "judge.max_length": "256",
         "judge.distill_samples": "8", "prompts.k": "3", "prompts.candidates": "8", "prompts.max_new_tokens": "16",
         "prompts.keep_truncated": "true", "prompts.near_dedup": "false", "prompts.min_words": "1",
-        "prompts.embedder": "base_model",
+        "prompts.embedder": "base_model", "responses.checkpoint_mix": "[1]",
         "responses.n": "6", "responses.max_new_tokens": "8", "eval.max_new_tokens": "8", "store.shard_rows": "64"}),
 }
 
@@ -90,19 +92,37 @@ def fork_run(runs_dir: Path, parent: str, child: str, rounds: tuple[int, ...]) -
                             ignore=shutil.ignore_patterns(".*.tmp", "_cache"))
 
 
-def seed_overrides(seed: int) -> dict[str, str]:
+def seed_overrides(seed: int, m1_checkpoints: int = 2) -> dict[str, str]:
     """A lab seed moves everything random in the build: the recipe's seed and round 1's SFT seeds."""
-    return {"seed": str(seed), "train.m1_seeds": f"[{10 * seed + 1}, {10 * seed + 2}]"}
+    m1 = ", ".join(str(10 * seed + 1 + i) for i in range(m1_checkpoints))
+    return {"seed": str(seed), "train.m1_seeds": f"[{m1}]"}
+
+
+def check_base_model(model: str) -> None:
+    """The cached ``lab-tiny`` must be the one today's :mod:`alma_data.lab.base_model` makes: the
+    model cache knows models by name only, so a changed corpus or training would go unseen."""
+    if model != "lab-tiny":
+        return
+    from alma_data.errors import AlmaError
+    from alma_data.lab.base_model import VERSION
+    from alma_data.models import resolve
+
+    folder = Path(resolve(model))
+    made = json.loads((folder / "lab_base.json").read_text()).get("version") if (folder / "lab_base.json").is_file() else None
+    if made != VERSION:
+        raise AlmaError(f"{folder} holds lab-tiny version {made}, this alma-data makes version {VERSION}; "
+                        f"remove that folder and run again to pretrain it anew (minutes)")
 
 
 def build_all(runs_dir: Path, size: LabSize, log=print, quiet: bool = True) -> dict:
     """Every run of the lab; returns {run name: seconds of its build}."""
     from alma_data.round import build
 
+    check_base_model(load_recipe("lab", size.overrides).model)
     seconds = {}
     for seed in size.seeds:
         parent = f"lab-s{seed}"
-        base = {**size.overrides, **seed_overrides(seed)}
+        base = {**size.overrides, **seed_overrides(seed, size.m1_checkpoints)}
         t0 = time.time()
         build(load_recipe("lab", base), Store(runs_dir, parent), size.target, quiet=quiet)
         seconds[parent] = round(time.time() - t0, 1)
@@ -136,8 +156,9 @@ def run_lab(runs_dir: str | Path, size_name: str = "full", seeds: tuple[int, ...
     runs_dir = Path(runs_dir)
     size = SIZES[size_name]
     if seeds is not None:
-        size = LabSize(seeds=tuple(seeds), target=size.target, overrides=size.overrides,
-                       judge_test_prompts=size.judge_test_prompts)
+        from dataclasses import replace
+
+        size = replace(size, seeds=tuple(seeds))
     t0 = time.time()
     build_seconds = build_all(runs_dir, size, log, quiet)
     built = time.time() - t0
