@@ -77,16 +77,21 @@ def _from_gguf(locate: Callable[[Path], Path]) -> Callable[[Path], None]:
 
 def _tiny_random(out: Path) -> None:
     """A randomly initialised llama of a few MB with SmolLM2's real tokenizer: for tests."""
+    write_random_llama(out, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2)
+
+
+def write_random_llama(out: Path, **shape) -> None:
+    """Save a randomly initialised llama of this ``shape`` (LlamaConfig's size keys), with
+    SmolLM2's tokenizer and torch's seed 0, to ``out``: the same bytes on every machine."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    source = resolve("smollm2-135m")
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer), max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        **shape,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)

@@ -34,24 +34,11 @@ SCORES = [str(s) for s in range(11)]
 @pytest.fixture(scope="module")
 def vllm_tiny(tmp_path_factory):
     """A randomly initialised 2-layer llama with head size 32 and SmolLM2's tokenizer (a few MB)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from alma_data.models import resolve
+    from alma_data.models import write_random_llama
 
     out = tmp_path_factory.mktemp("vllm-tiny")
-    tokenizer = AutoTokenizer.from_pretrained(resolve("tiny-random"))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    write_random_llama(out, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=1, head_dim=32)
     return str(out)
 
 
