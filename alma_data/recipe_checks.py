@@ -83,6 +83,7 @@ RULES: list[_Rule] = [
     ("vllm.data_parallel_size", _min(1), "at least 1"),
     ("vllm.gpu_memory_utilization", _between(0, 1, open_low=True), "above 0 and at most 1"),
     ("vllm.max_model_len", _min(0), "0 (the model's own limit) or more"),
+    ("vllm.cpu_kv_cache_gb", _positive, "above 0 (GiB of KV cache on vLLM's CPU platform)"),
     ("vllm.max_num_seqs", _min(1), "at least 1"),
     ("openai.max_concurrency", _min(1), "at least 1"),
     ("openai.timeout", _positive, "above 0 seconds"),
