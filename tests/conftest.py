@@ -23,10 +23,18 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 _ONE_WORKER = {"test_ray": "ray", "test_launch": "ray"}
 
 
+# The longest files first (1 Dec, two workers), so that no long file starts last and runs alone.
+_LONGEST_FIRST = ["test_vllm_engine", "test_ray", "test_launch", "test_compat", "test_training_resume",
+                  "test_remote_store", "test_lab"]
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]
         item.add_marker(pytest.mark.xdist_group(_ONE_WORKER.get(module, module)))
+    # a stable sort: every worker collects the same order, as xdist requires
+    rank = {m: i for i, m in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
 
 
 def pytest_xdist_auto_num_workers(config):
