@@ -38,3 +38,10 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def remote_cause(exc: BaseException) -> str:
+    """What failed in a Ray task, as one phrase: the task's own exception without Ray's
+    wrapping (``RayTaskError.cause``), or the error itself where Ray gives no cause."""
+    cause = getattr(exc, "cause", None)
+    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)

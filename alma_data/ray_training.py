@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from alma_data.config import Recipe
-from alma_data.errors import AlmaError
+from alma_data.errors import AlmaError, remote_cause
 from alma_data.train_job import TrainJob, job_json, load_job, run_job_on_worker
 
 
@@ -61,10 +61,8 @@ def train_on_ray(recipe: Recipe, job: TrainJob, log: Callable[[str], None]) -> d
         ray.cancel(ref, force=True)
         raise
     except Exception as exc:
-        cause = getattr(exc, "cause", None)  # the task's own exception, without Ray's wrapping
         raise RayTrainingError(
-            f"training {job.describe()} failed on its Ray node: "
-            f"{f'{type(cause).__name__}: {cause}' if cause is not None else exc}\n"
+            f"training {job.describe()} failed on its Ray node: {remote_cause(exc)}\n"
             "Its train.save_steps saves stay in the checkpoint's staging folder on that node: rerun the build to "
             "resume (with executor=ray or executor=local)") from exc
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from alma_data.engines import open_engine
+from alma_data.errors import remote_cause
 from alma_data.executors.base import (EngineSpec, Executor, ExecutorError, ShardFn, ShardJob, ShardResult, ShardRun,
                                       run_one_shard, this_process)
 
@@ -184,10 +185,9 @@ class RayExecutor(Executor):
                 try:
                     result = ray.get(ready[0])
                 except Exception as exc:
-                    cause = getattr(exc, "cause", None)  # the worker's own exception, without Ray's wrapping
                     raise ExecutorError(
                         f"{writer.dir}: shard {index} (engine {spec.label()}) failed on a Ray worker: "
-                        f"{f'{type(cause).__name__}: {cause}' if cause is not None else exc}\n"
+                        f"{remote_cause(exc)}\n"
                         "The shards written so far are kept: fix the cause and rerun the build to resume "
                         "(with executor=ray or executor=local)") from exc
                 run.results.append(result)
