@@ -107,6 +107,18 @@ class JudgeConfig:
     annotations keep their hard targets either way."""
     batch_size_score: int = 8
     """Pairs scored per forward pass."""
+    eval_sets: list[str] = field(default_factory=list)
+    """Preference sets every judge of the run is measured on, beside the held-out annotations:
+    files, dataset folders or Hub dataset ids in any shape ``alma-data judge`` reads
+    (``{prompt, chosen, rejected}``, ``{input, output_1, output_2, label}``). Their rows join
+    ``judge_quality`` (column ``eval_set``), one per (set, rung of the ladder, metric)."""
+    eval_split: str = "test"
+    """Split read from a Hub id or dataset folder in ``eval_sets``."""
+    eval_limit: int = 0
+    """Pairs read from each of ``eval_sets`` (0: all)."""
+    eval_shots: int = 3
+    """The ladder's first rung: the base model as the paper's few-shot judge, with this many
+    seed annotations as examples (0: leave that rung out)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     """Dtype the judge scores in (``auto``: the recipe's ``dtype``). float32 by default: on
     SmolLM2 bf16 moved real-valued scores by up to 0.19 (their spread was 0.34) depending on
@@ -165,6 +177,13 @@ class SelectConfig:
 @dataclass
 class EvalConfig:
     max_new_tokens: int = 192
+    prompt_sets: list[str] = field(default_factory=list)
+    """Prompt sets every round's model answers (round 1: the base model and m1a too), scored
+    by the round-1 judge: files, dataset folders or Hub ids as ``alma-data eval`` reads them
+    (tables ``prompt_set_eval`` and ``prompt_set_summary``)."""
+    prompt_split: str = "test"
+    prompt_limit: int = 0
+    """Prompts read from each of ``prompt_sets`` (0: all)."""
 
 
 @dataclass
@@ -289,9 +308,12 @@ EXECUTION_KEYS = (
     "executor", "ray", "vllm", "train.save_steps", "train.launcher", "train.accelerate_config",
     "openai.base_url", "openai.api_key_env", "openai.max_concurrency", "openai.timeout",
     "openai.max_retries", "openai.cache",
+    # measurements of the run, not its data: a set added to a built run is measured, nothing redone
+    "judge.eval_sets", "judge.eval_split", "judge.eval_limit", "judge.eval_shots",
+    "eval.prompt_sets", "eval.prompt_split", "eval.prompt_limit",
 )
-"""Recipe keys that change where a build runs, not the rows it writes: changing them
-on an existing run is no recipe change (no --force needed)."""
+"""Recipe keys that change where a build runs, or what it measures, not the data it writes:
+changing them on an existing run is no recipe change (no --force needed)."""
 
 
 def without_keys(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -369,6 +391,8 @@ def apply_override(recipe: Recipe, key: str, raw: str) -> None:
                 value = raw
             if hint is str and isinstance(raw, str) and not isinstance(value, str):
                 value = raw  # a string key takes the text as typed: openai.model={name}, seeds.sft=data/x.jsonl
+            if hint == list[str] and isinstance(raw, str) and not isinstance(value, list):
+                value = [v.strip() for v in raw.split(",") if v.strip()]  # judge.eval_sets=a.jsonl,org/set
             setattr(target, part, _check(hint, value, key))
         else:
             if not dataclasses.is_dataclass(hint):

@@ -33,6 +33,23 @@ def bootstrap(values: np.ndarray, stat: Callable[[np.ndarray], float] = np.mean,
     return point, float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 
 
+def cluster_bootstrap(values: np.ndarray, clusters: np.ndarray, *, seed: int = 0, resamples: int = RESAMPLES,
+                      level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of ``values`` with the clusters resampled, not the rows: for pairs
+    that share a prompt, whose outcomes are not independent."""
+    values, clusters = np.asarray(values, dtype=np.float64), np.asarray(clusters)
+    if not len(values):
+        return float("nan"), float("nan"), float("nan")
+    keys, inverse = np.unique(clusters, return_inverse=True)
+    sums = np.bincount(inverse, weights=values, minlength=len(keys))
+    counts = np.bincount(inverse, minlength=len(keys)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(keys), size=(resamples, len(keys)))
+    stats = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    a = (1 - level) / 2
+    return float(values.mean()), float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
+
+
 def pair_outcomes(better: np.ndarray, worse: np.ndarray) -> np.ndarray:
     """Per pair: 1 when the judge scores the preferred response higher, 0 when lower, 0.5 on a tie."""
     better, worse = np.asarray(better, dtype=np.float64), np.asarray(worse, dtype=np.float64)

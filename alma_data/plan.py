@@ -14,6 +14,7 @@ from alma_data.stage import CheckpointRef, Stage
 from alma_data.stages.evaluate import answers_stage, eval_stage
 from alma_data.stages.judge import judge_eval_stages
 from alma_data.stages.judgments import judgments_stage
+from alma_data.stages.prompt_sets import prompt_set_stages
 from alma_data.stages.prompts import prompt_stages
 from alma_data.stages.responses import responses_stage
 from alma_data.stages.seed import seed_stages
@@ -39,7 +40,7 @@ def round_stages(recipe: Recipe, r: int) -> list[Stage]:
         stages.append(judge_stage(recipe, r, [TableRef(1, "judge_seed"), TableRef(r, "judge_distill")],
                                   start=CheckpointRef(1, "judge")))
         stages += judge_eval_stages(recipe, r)
-    return stages + [eval_stage(recipe, r)]
+    return stages + [eval_stage(recipe, r)] + prompt_set_stages(recipe, r)
 
 
 def _round1(recipe: Recipe) -> list[Stage]:
@@ -53,7 +54,8 @@ def _round1(recipe: Recipe) -> list[Stage]:
                judge_stage(recipe, 1, [TableRef(1, "judge_seed")])]
             + judge_eval_stages(recipe, 1)
             + [eval_stage(recipe, 1)]
-            + [policy_stage(recipe, 1, name, s, sft) for name, s in zip(others, other_seeds)])
+            + [policy_stage(recipe, 1, name, s, sft) for name, s in zip(others, other_seeds)]
+            + prompt_set_stages(recipe, 1))
 
 
 def build_plan(recipe: Recipe, target_round: int) -> list[Stage]:

@@ -155,7 +155,7 @@ def _stats_sections(con) -> list[str]:
 
     table("Judge scores per round", load_sql("card_judge_scores"))
     table("Prompts: dedup and rebalancing", load_sql("prompt_funnel"))
-    table("Judge quality on held-out annotations", load_sql("card_judge_quality"))
+    table("Judge quality: the ladder on held-out annotations and the eval sets", load_sql("card_judge_quality"))
     table("Held-out score of each round's model", load_sql("card_heldout_scores"))
     return out
 

@@ -46,6 +46,11 @@ def _plot(path: Path, draw: Callable) -> None:
     plt.close(fig)
 
 
+def _err(pts: list[tuple]) -> list[list[float]]:
+    """Error bars from (x, value, low, high) points; a missing bound draws none."""
+    return [[p[1] - p[2] if p[2] is not None else 0 for p in pts], [p[3] - p[1] if p[3] is not None else 0 for p in pts]]
+
+
 def _by_round(rows: list[tuple]) -> dict:
     out: dict = {}
     for row in rows:
@@ -156,18 +161,40 @@ def build_report(store: Store) -> Path:
         "Synthetic candidates, those that parsed, those left after exact dedup, and those the rebalancing picked.",
         load_sql("prompt_funnel"), funnel)
 
-    def quality(ax, rows):
-        labels = [f"round {r[0]} judge" for r in rows]
-        ax.bar([k - 0.2 for k in range(len(rows))], [r[1] for r in rows], width=0.4, label="integer score")
-        ax.bar([k + 0.2 for k in range(len(rows))], [r[2] for r in rows], width=0.4, label="real-valued score")
-        ax.set_xticks(range(len(rows)), labels)
+    def ladder(ax, rows):
+        sets = list(dict.fromkeys(r[0] for r in rows))
+        rungs = list(dict.fromkeys(r[1] for r in rows))
+        width = 0.8 / max(1, len(rungs))
+        for i, rung in enumerate(rungs):
+            pts = [(sets.index(r[0]), r[3], r[4], r[5]) for r in rows if r[1] == rung and r[3] is not None]
+            ax.bar([p[0] + (i - (len(rungs) - 1) / 2) * width for p in pts], [p[1] for p in pts], width=width,
+                   label=rung, yerr=_err(pts), capsize=3)
+        ax.axhline(0.5, color="grey", lw=0.8)
+        ax.set_xticks(range(len(sets)), sets)
         ax.set_ylim(0, 1)
-        ax.set_ylabel("pairwise accuracy on held-out annotations")
+        ax.set_ylabel("pairwise accuracy, ties wrong (95% interval)")
+        ax.legend(fontsize=7)
+
+    add("judge_quality", "Judge ladder: few-shot base, fine-tuned (integer, real-valued), self-distilled",
+        "Pairwise accuracy on the held-out seed annotations and on each judge.eval_sets set (ties count as wrong; "
+        "the grey line is chance), for each rung of the paper's ladder (its Table 2 in miniature); table "
+        "judge_quality.", load_sql("report_judge_quality"), ladder)
+
+    def set_progress(ax, rows):
+        for eval_set in dict.fromkeys(r[0] for r in rows):
+            pts = [(r[1], r[3], r[4], r[5]) for r in rows if r[0] == eval_set and r[3] is not None]
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=_err(pts), marker="o", capsize=3,
+                        label=eval_set)
+        ax.set_xticks(sorted({r[1] for r in rows}), [{0: "base", 1: "m1a"}.get(x, f"m{x}")
+                                                       for x in sorted({r[1] for r in rows})])
+        ax.set_xlabel("model (round)")
+        ax.set_ylabel("mean score by the round-1 judge (95% interval)")
         ax.legend()
 
-    add("judge_quality", "Judge quality: integer vs real-valued, before and after self-distillation",
-        "Pairwise accuracy on held-out annotations (ties count as wrong); round 2's judge is the self-distilled one.",
-        load_sql("report_judge_quality"), quality)
+    add("prompt_sets", "Your prompt sets, round by round",
+        "Each eval.prompt_sets set answered greedily by the base model, m1a and each round's model, scored by the "
+        "round-1 judge held fixed (the paper's Figure 2); table prompt_set_summary, answers in prompt_set_eval.",
+        load_sql("report_prompt_sets"), set_progress)
 
     def user_scores(ax, rows):
         sets = list(dict.fromkeys(r[0] for r in rows))

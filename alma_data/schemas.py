@@ -64,4 +64,17 @@ JUDGE_QUALITY = pa.schema([
     ("metric", pa.string()),
     ("value", pa.float64()),
     ("n", pa.int64()),
+    ("eval_set", pa.string()),  # heldout (the seed annotations held out), or a judge.eval_sets set
+    ("rung", pa.string()),      # the paper's ladder: base few-shot, fine-tuned, self-distilled
+    ("low", pa.float64()),      # 95% bootstrap interval (over prompts on heldout, over pairs on a set)
+    ("high", pa.float64()),
+])
+
+JUDGE_SETS = pa.schema([
+    ("eval_set", pa.string()), ("row", pa.int64()), ("rung", pa.string()), ("judge", pa.string()),
+    ("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string()),
+    ("n_tokens_chosen", pa.int32()), ("n_tokens_rejected", pa.int32()), ("too_long", pa.bool_()),
+    ("score_chosen", pa.float64()), ("score_rejected", pa.float64()),
+    ("score_int_chosen", pa.int32()), ("score_int_rejected", pa.int32()),
+    ("probs_chosen", SCORE_PROBS), ("probs_rejected", SCORE_PROBS),
 ])

@@ -1,19 +1,10 @@
--- Judge quality on held-out annotations (view judge_eval_rows:
--- prompt_id, human_score, score, score_int).
+-- Judge quality on held-out annotations (views judge_eval_rows: prompt_id, human_score,
+-- score, score_int; and judge_eval_pairs, from sql/judge_eval_pairs.sql).
 -- Pairwise accuracy: over pairs of responses to the same prompt whose human scores
 -- differ, the share the judge orders the same way; a tie in the judge's scores counts
 -- as wrong, which is why integer scores lose to real-valued ones.
 -- Rank correlation: Spearman's rho, Pearson's r of the average ranks.
-WITH pairs AS (
-    SELECT
-        sign(a.human_score - b.human_score) AS human,
-        sign(a.score - b.score)             AS real_valued,
-        sign(a.score_int - b.score_int)     AS integer
-    FROM judge_eval_rows a
-    JOIN judge_eval_rows b
-      ON a.prompt_id = b.prompt_id AND a.annotation_id < b.annotation_id
-    WHERE a.human_score <> b.human_score
-),
+WITH pairs AS (SELECT * FROM judge_eval_pairs),  -- sql/judge_eval_pairs.sql
 ranked AS (
     SELECT
         rank() OVER (ORDER BY human_score) + (count(*) OVER (PARTITION BY human_score) - 1) / 2.0 AS r_human,
