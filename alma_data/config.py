@@ -308,10 +308,11 @@ EXECUTION_KEYS = (
     "executor", "ray", "vllm", "train.save_steps", "train.launcher", "train.accelerate_config",
     "openai.base_url", "openai.api_key_env", "openai.max_concurrency", "openai.timeout",
     "openai.max_retries", "openai.cache",
-    # measurements of the run, not its data: a set added to a built run is measured, nothing redone
+) + (MEASUREMENT_KEYS := (
+    # what a run is measured on, not its data: a set added to a built run is measured, nothing redone
     "judge.eval_sets", "judge.eval_split", "judge.eval_limit", "judge.eval_shots",
     "eval.prompt_sets", "eval.prompt_split", "eval.prompt_limit",
-)
+))
 """Recipe keys that change where a build runs, or what it measures, not the data it writes:
 changing them on an existing run is no recipe change (no --force needed)."""
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Callable, Iterator
 
-from alma_data.config import Recipe, fingerprint
+from alma_data.config import MEASUREMENT_KEYS, Recipe, fingerprint, without_keys
 from alma_data.store import Store, TableRef
 
 round_ = round  # the stages' `round` argument shadows the builtin
@@ -47,13 +47,18 @@ def recipe_keys(*keys: str) -> tuple[str, ...]:
 
 
 def config_hash(recipe: Recipe, *keys: str, **extra: Any) -> str:
-    """Hash of the recipe keys a stage depends on, plus stage-specific values."""
+    """Hash of the recipe keys a stage depends on, plus stage-specific values. A whole section
+    (``eval``) is hashed without its measurement keys (``eval.prompt_sets``): they are the
+    measurement stages' own, named one by one where a stage depends on them."""
     data = recipe.to_dict()
     picked: dict[str, Any] = {}
     for key in keys:
         value: Any = data
         for part in key.split("."):
             value = value[part]
+        if isinstance(value, dict):
+            inner = tuple(k.removeprefix(key + ".") for k in MEASUREMENT_KEYS if k.startswith(key + "."))
+            value = without_keys(value, inner)
         picked[key] = value
     picked.update(extra)
     return fingerprint(picked)

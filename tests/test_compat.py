@@ -1,7 +1,7 @@
 """A run built by the code before the stage list and the store package (commit 6e983c6) is
-already done for today's code: nothing runs, and every table's rows and every manifest
-(so every hash) stay byte for byte as they were; a fresh build of today's code writes the
-same tables.
+already done for today's code but for the judge ladder's new stages: nothing else runs, and
+every other table's rows and every manifest (so every hash) stay byte for byte as they
+were; a fresh build of today's code writes the same tables.
 
 The old code is taken from this clone's history (``git archive``), so the test needs the
 commit: in a shallow clone or an unpacked archive it is skipped and says why.
@@ -64,11 +64,17 @@ def test_a_run_built_by_the_old_code_is_already_done_and_unchanged(tmp_path, tin
     run = runs / "shared"
     before = files_of(run)
 
+    # Since then the judge ladder came (issue 14): the few-shot base model on the held-out
+    # annotations is a new stage, and judge_quality gained its columns (SQL over judge_eval).
+    # Those run; nothing else does, and everything else stays byte for byte.
     again = run_cli("build", "round=3", "recipe=tiny", f"runs_dir={runs}", "run=shared")
-    assert "run 'shared' is already built to round 3: nothing to do" in again.stderr, again.stderr
     record = json.loads((run / "builds.jsonl").read_text().splitlines()[-1])
-    assert [s for s in record["stages"] if not s["skipped"]] == []
-    assert files_of(run) == before  # every shard, manifest and checkpoint file, byte for byte
+    ran = [(s["round"], s["stage"]) for s in record["stages"] if not s["skipped"]]
+    assert ran == [(1, "judge eval base few-shot"), (1, "judge quality judge"), (2, "judge quality judge")], ran
+    new = {"round=1/judge_eval_base", "round=1/judge_quality", "round=2/judge_quality"}
+    kept = lambda files: {k: v for k, v in files.items() if not any(k.startswith(t + "/") for t in new)}
+    assert kept(files_of(run)) == kept(before)  # every other shard, manifest and checkpoint file
+    assert "nothing to do" in run_cli("build", "round=3", "recipe=tiny", f"runs_dir={runs}", "run=shared").stderr
 
     status = run_cli("status", f"runs_dir={runs}", "run=shared").stdout
     assert "every round of the recipe is built" in status, status
