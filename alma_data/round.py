@@ -84,9 +84,28 @@ def build(recipe: Recipe, store: Store, target_round: int, *, force: bool = Fals
         return _build(recipe, store, target_round, force=force, quiet=quiet)
 
 
+def keep_measured_sets(store: Store, recipe: Recipe, log) -> None:
+    """A run goes on measuring the sets an earlier build named (``judge.eval_sets``,
+    ``eval.prompt_sets``, with their split and limit) when this build names none: a later
+    ``build round=3`` without them neither skips them nor drops their rows from judge_quality.
+    Naming sets replaces them."""
+    if not (store.exists() and store.done_tables()):
+        return
+    old = store.read_run()["recipe"]
+    for section, key, companions in (("judge", "eval_sets", ("eval_split", "eval_limit")),
+                                     ("eval", "prompt_sets", ("prompt_split", "prompt_limit"))):
+        mine, before = getattr(recipe, section), old.get(section, {})
+        if not getattr(mine, key) and before.get(key):
+            for k in (key, *companions):
+                if k in before:
+                    setattr(mine, k, before[k])
+            log(f"measuring the run's {section}.{key} as its earlier builds did: {', '.join(before[key])}")
+
+
 def _build(recipe: Recipe, store: Store, target_round: int, *, force: bool, quiet: bool) -> Context:
     check_run(store, recipe, force)
     ctx = Context(store, recipe, quiet=quiet)
+    keep_measured_sets(store, recipe, ctx.log)
     t0 = time.time()
     ctx.log(f"building run {store.run!r} ({store.where()}) to round {target_round}, recipe {recipe.name} "
             f"[{recipe.fingerprint()}], model {recipe.model}")
