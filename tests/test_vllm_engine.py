@@ -122,8 +122,10 @@ def test_vllm_scores_are_a_forward_pass_and_the_transformers_engine(engine, refe
     np.testing.assert_allclose(ours, reference.score_candidates(qs, SCORES, suffix=RATING_SUFFIX), atol=1e-4)
 
 
+# judge.eval_shots=0: the few-shot base rung would start vLLM once more (a minute) to score
+# through the same engine call the other judges use, which the tests above check.
 VLLM_BUILD = ["recipe=tiny", "engine=vllm", "vllm.max_model_len=512", "vllm.max_num_seqs=32",
-              "vllm.cpu_kv_cache_gb=0.25"]
+              "vllm.cpu_kv_cache_gb=0.25", "judge.eval_shots=0"]
 
 
 @real_vllm
