@@ -150,15 +150,16 @@ def judge_sets(ctx: Context, stage: Stage, h: str) -> dict:
 
 
 def _score_pairs(judge: Judge, pairs, max_length: int, bar) -> list[dict]:
-    long = [max(judge.length(p.prompt, p.chosen), judge.length(p.prompt, p.rejected)) > max_length for p in pairs]
+    lengths = [(judge.length(p.prompt, p.chosen), judge.length(p.prompt, p.rejected)) for p in pairs]
+    long = [max(n) > max_length for n in lengths]
     ok = [p for p, tl in zip(pairs, long) if not tl]
     probs = score = ints = None
     if ok:
         probs, score, ints = judge.score([p.prompt for p in ok] * 2, [p.chosen for p in ok] + [p.rejected for p in ok], bar)
     out, n, m = [], len(ok), 0
-    for p, tl in zip(pairs, long):
+    for p, tl, (n_chosen, n_rejected) in zip(pairs, long, lengths):
         row = {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
-               "n_tokens_chosen": judge.length(p.prompt, p.chosen), "n_tokens_rejected": judge.length(p.prompt, p.rejected),
+               "n_tokens_chosen": n_chosen, "n_tokens_rejected": n_rejected,
                "too_long": tl, "score_chosen": None, "score_rejected": None, "score_int_chosen": None,
                "score_int_rejected": None, "probs_chosen": None, "probs_rejected": None}
         if not tl:
