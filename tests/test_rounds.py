@@ -69,8 +69,10 @@ def test_judge_self_distillation_and_progress_are_recorded(con, tiny_run):
     assert store.checkpoint_done(2, "judge")
     m = json.loads((store.checkpoint_dir(2, "judge") / "_manifest.json").read_text())
     assert m["started_from"].endswith("round=1/checkpoints/judge")
-    quality = con.execute("select round, metric from judge_quality where metric = 'pairwise_accuracy_real' order by round").fetchall()
-    assert [r for r, _ in quality] == [1, 2]
+    quality = con.execute("select round, rung from judge_quality where metric = 'pairwise_accuracy_real' "
+                          "and eval_set = 'heldout' order by round, rung").fetchall()
+    # the ladder on the held-out annotations: few-shot base and fine-tuned in round 1, self-distilled in 2
+    assert quality == [(1, "base few-shot"), (1, "fine-tuned"), (2, "self-distilled")]
     # round 3 is judged by the distilled judge
     assert con.execute("select distinct judge from judgments where round = 3").fetchall() == [("round=2/judge",)]
     held = con.execute("select round, count(*) from eval group by all order by round").fetchall()
