@@ -236,7 +236,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from alma_data.status import format_status
 
-    special, _, _ = _split_assignments(args.assignments, {"run", "runs_dir"})
+    special, unknown, rest = _split_assignments(args.assignments, {"run", "runs_dir"})
+    if unknown or rest:
+        raise RecipeError(f"status does not take {sorted(unknown) or rest}: it shows the run under the recipe it was "
+                          "built with; it takes run=NAME and runs_dir=DIR")
     print(format_status(_store_from(special)))
     return 0
 

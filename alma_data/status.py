@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from alma_data.config import recipe_from_dict
 from alma_data.plan import round_stages
+from alma_data.errors import StoreError
 from alma_data.store import Store
 from alma_data.store.integrity import check_checkpoint, check_table, repair_command
 
@@ -15,7 +16,7 @@ class Item:
     round: int
     kind: str
     name: str
-    state: str      # done | damaged | partial | missing
+    state: str      # done | stale | damaged | partial | missing
     detail: str
     damage: list = None  # for a damaged one: what the cheap check found (integrity.Damage)
 
@@ -29,8 +30,24 @@ def run_status(store: Store) -> tuple[dict, list[Item]]:
     for r in range(1, last + 1):
         # The stages a build of round r runs, so what status shows is what build runs.
         for stage in round_stages(recipe, r):
-            items.append(_item(store, r, stage.kind, stage.output))
+            item = _item(store, r, stage.kind, stage.output)
+            if item.state == "done" and not _current(store, recipe, stage):
+                item.state, item.detail = "stale", item.detail + "; made under another configuration, the next build redoes it"
+            items.append(item)
     return info, items
+
+
+def _current(store: Store, recipe, stage) -> bool:
+    """What the runner checks before it skips a stage: the manifest records this stage's
+    configuration hash and its inputs' hashes (an input not finished: not current)."""
+    try:
+        h = stage.config_hash(recipe, store)
+        inputs = {str(ref): store.input_hash(ref) for ref in stage.inputs}
+    except StoreError:
+        return False
+    m = (store.checkpoint_manifest(stage.round, stage.output) if stage.kind == "checkpoint"
+         else store.manifest(stage.round, stage.output)) or {}
+    return m.get("config_hash") == h and m.get("inputs") == inputs
 
 
 def _item(store: Store, r: int, kind: str, name: str) -> Item:
@@ -69,7 +86,7 @@ def format_status(store: Store) -> str:
             head = ("damaged" if "damaged" in states else "done" if states == {"done"}
                     else "missing" if states == {"missing"} else "partial")
             lines.append(f"round {it.round}: {head}")
-        mark = {"done": "ok", "damaged": "!!", "partial": "..", "missing": "--"}[it.state]
+        mark = {"done": "ok", "stale": "~~", "damaged": "!!", "partial": "..", "missing": "--"}[it.state]
         lines.append(f"  [{mark}] {it.kind:<10} {it.name:<18} {it.state:<8} {it.detail}")
         lines += [f"         {d}" for d in it.damage or []]
     damaged = [i for i in items if i.state == "damaged"]

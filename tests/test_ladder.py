@@ -174,3 +174,24 @@ def test_a_bad_set_is_one_line_and_loses_nothing(measured, sets, tmp_path, case)
     assert line and expect in line[-1], proc.stderr[-2000:]
     after = {p: p.stat().st_mtime_ns for p in (copy / "shared").rglob("*.parquet")}
     assert all(after.get(p) == t for p, t in before.items())  # nothing built is lost or rewritten
+
+
+def test_status_names_what_a_stopped_forced_build_left_stale(measured, tmp_path):
+    """A forced build under a changed recipe that stops early leaves the later outputs made under
+    the old one: status calls them stale (the next build redoes them), not done."""
+    runs, _ = measured
+    copy = tmp_path / "runs"
+    shutil.copytree(runs / "shared", copy / "shared", ignore=shutil.ignore_patterns("report"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "q", "chosen": "a"}) + "\n")
+    proc = run_cli("build", "round=3", "recipe=tiny", f"runs_dir={copy}", "run=shared", "--force",
+                   "judge.distill_target=soft", f"judge.eval_sets={bad}", check=False)
+    assert proc.returncode != 0 and "missing column 'rejected'" in proc.stderr
+    status = run_cli("status", f"runs_dir={copy}", "run=shared").stdout
+    stale = [ln for ln in status.splitlines() if " stale " in ln]
+    assert any("checkpoint judge" in ln for ln in stale), status  # round 2's judge: distill_target changed
+    assert any("judge_sets" in ln for ln in stale), status        # round 1's: the sets changed
+    assert "[ok] checkpoint m1a" in status  # what the change does not touch stays done
+    assert "next: round 1, table judge_sets (stale)" in status, status
+    refused = run_cli("status", f"runs_dir={copy}", "run=shared", "judge.scale=5", check=False)
+    assert refused.returncode != 0 and "status does not take ['judge.scale']" in refused.stderr
