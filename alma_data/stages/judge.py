@@ -176,21 +176,26 @@ def judge_quality_rows(store, round: int, table: str, judge: str) -> list[dict]:
     """``sql/judge_quality.sql`` over a judge_eval table. On one DuckDB thread: with several,
     float sums add up in whatever order the threads finish, and the metrics (so the table's
     bytes and hash) changed in their last digits from one build to the next."""
+    return _quality_sql(_pairs_connection(store, round, table), judge)
+
+
+def _pairs_connection(store, round: int, table: str):
     con = store.connect(views=False)
     con.execute("SET threads = 1")
     register_parquet(con, "judge_eval_rows", store.files(round, table))
     run_sql(con, "judge_eval_pairs")
+    return con
+
+
+def _quality_sql(con, judge: str) -> list[dict]:
     return [{"judge": judge, "metric": m, "value": None if v is None else float(v), "n": int(n)}
             for m, v, n in run_sql(con, "judge_quality").fetchall()]
 
 
 def _heldout_quality(store, round: int, table: str, judge: str, rung: str) -> list[dict]:
     """The held-out rows of one judge, with intervals over prompts for the two accuracies."""
-    rows = judge_quality_rows(store, round, table, judge)
-    con = store.connect(views=False)
-    con.execute("SET threads = 1")
-    register_parquet(con, "judge_eval_rows", store.files(round, table))
-    run_sql(con, "judge_eval_pairs")
+    con = _pairs_connection(store, round, table)
+    rows = _quality_sql(con, judge)
     pairs = con.execute("SELECT prompt_id, (real_valued = human)::INT, (integer = human)::INT FROM judge_eval_pairs "
                         "ORDER BY ALL").fetchall()
     prompt = np.array([p[0] for p in pairs])
