@@ -82,17 +82,12 @@ def score_items(judge: Judge, prompts: list[str], responses: list[str], max_leng
     n = len(prompts)
     lengths = np.array([judge.length(p, r) for p, r in zip(prompts, responses)], dtype=np.int64)
     too_long = lengths > max_length
-    todo = np.flatnonzero(~too_long) if long == "skip" else np.arange(n)
-    probs = np.full((n, judge.scale + 1), np.nan)
+    keep = ~too_long if long == "skip" else np.ones(n, dtype=bool)
     t0 = time.time()
-    if len(todo):
-        with tqdm(total=len(todo), desc=desc, unit="response", disable=quiet, dynamic_ncols=True) as bar:
-            p, _, _ = judge.score([prompts[i] for i in todo], [responses[i] for i in todo], bar)
-        probs[todo] = p
-    seconds = time.time() - t0
-    scores = (probs * np.arange(judge.scale + 1)).sum(axis=1)
-    ints = np.where(np.isnan(probs).any(axis=1), -1, np.nan_to_num(probs, nan=-1).argmax(axis=1))
-    return lengths, too_long, probs, scores, ints, seconds
+    with tqdm(total=int(keep.sum()), desc=desc, unit="response", disable=quiet or not keep.any(),
+              dynamic_ncols=True) as bar:
+        probs, scores, ints = judge.score_some(prompts, responses, keep, bar)
+    return lengths, too_long, probs, scores, ints, time.time() - t0
 
 
 def _opt(x: float) -> float | None:

@@ -96,6 +96,18 @@ class Judge:
         text = render_chat(self.tokenizer, judge_question(prompt, response, self.scale)) + judge_target(self.scale)
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
+    def score_some(self, prompts: list[str], responses: list[str], keep: np.ndarray,
+                   progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probs, real-valued scores, integer scores) of the rows ``keep`` marks; the others are
+        left unscored: NaN probabilities and score, integer -1 (a question over the length a
+        judge is trained on is never cut, only left out)."""
+        probs = np.full((len(prompts), self.scale + 1), np.nan)
+        todo = np.flatnonzero(keep)
+        if len(todo):
+            probs[todo] = self.score([prompts[i] for i in todo], [responses[i] for i in todo], progress)[0]
+        ints = np.where(np.isnan(probs).any(axis=1), -1, np.nan_to_num(probs, nan=-1).argmax(axis=1))
+        return probs, expected_score(probs), ints
+
     def score(self, prompts: list[str], responses: list[str], progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         questions = [self.question(p, r) for p, r in zip(prompts, responses)]
         probs = self.engine.score_candidates(questions, [str(s) for s in range(self.scale + 1)], suffix=RATING_SUFFIX,

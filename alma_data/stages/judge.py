@@ -17,7 +17,7 @@ import pyarrow as pa
 from alma_data import schemas
 from alma_data.config import Recipe
 from alma_data.eval_sets import read_pair_set, set_names, sets_hash
-from alma_data.intervals import cluster_bootstrap, pairwise_accuracy
+from alma_data.intervals import cluster_bootstrap, fmt, pairwise_accuracy
 from alma_data.judges import Judge, open_any_judge
 from alma_data.scoring import open_judge
 from alma_data.sql import register_parquet, run_sql
@@ -150,24 +150,24 @@ def judge_sets(ctx: Context, stage: Stage, h: str) -> dict:
 
 
 def _score_pairs(judge: Judge, pairs, max_length: int, bar) -> list[dict]:
-    lengths = [(judge.length(p.prompt, p.chosen), judge.length(p.prompt, p.rejected)) for p in pairs]
-    long = [max(n) > max_length for n in lengths]
-    ok = [p for p, tl in zip(pairs, long) if not tl]
-    probs = score = ints = None
-    if ok:
-        probs, score, ints = judge.score([p.prompt for p in ok] * 2, [p.chosen for p in ok] + [p.rejected for p in ok], bar)
-    out, n, m = [], len(ok), 0
-    for p, tl, (n_chosen, n_rejected) in zip(pairs, long, lengths):
+    """Both sides of each pair; a pair with a side over ``max_length`` is left unscored whole."""
+    prompts = [p.prompt for p in pairs] * 2
+    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    n = len(pairs)
+    lengths = np.array([judge.length(q, r) for q, r in zip(prompts, responses)], dtype=np.int64)
+    long = np.maximum(lengths[:n], lengths[n:]) > max_length
+    probs, score, ints = judge.score_some(prompts, responses, ~np.concatenate([long, long]), bar)
+    out = []
+    for i, p in enumerate(pairs):
         row = {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected,
-               "n_tokens_chosen": n_chosen, "n_tokens_rejected": n_rejected,
-               "too_long": tl, "score_chosen": None, "score_rejected": None, "score_int_chosen": None,
+               "n_tokens_chosen": int(lengths[i]), "n_tokens_rejected": int(lengths[n + i]), "too_long": bool(long[i]),
+               "score_chosen": None, "score_rejected": None, "score_int_chosen": None,
                "score_int_rejected": None, "probs_chosen": None, "probs_rejected": None}
-        if not tl:
-            row.update(score_chosen=float(score[m]), score_rejected=float(score[n + m]),
-                       score_int_chosen=int(ints[m]), score_int_rejected=int(ints[n + m]),
-                       probs_chosen=probs[m].astype(np.float32).tolist(),
-                       probs_rejected=probs[n + m].astype(np.float32).tolist())
-            m += 1
+        if not long[i]:
+            row.update(score_chosen=float(score[i]), score_rejected=float(score[n + i]),
+                       score_int_chosen=int(ints[i]), score_int_rejected=int(ints[n + i]),
+                       probs_chosen=probs[i].astype(np.float32).tolist(),
+                       probs_rejected=probs[n + i].astype(np.float32).tolist())
         out.append(row)
     return out
 
@@ -256,8 +256,6 @@ def judge_quality(ctx: Context, stage: Stage, h: str) -> dict:
 
 
 def _ci(q: dict) -> str:
-    if q["value"] is None:
-        return "n/a"
-    if q["low"] is None:
-        return f"{q['value']:.3f}"
-    return f"{q['value']:.3f} [{q['low']:.3f}, {q['high']:.3f}]"
+    nan = float("nan")
+    return fmt((nan if q["value"] is None else q["value"], nan if q["low"] is None else q["low"],
+                nan if q["high"] is None else q["high"]))
