@@ -53,6 +53,7 @@ def shards_of(run: Path) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.e2e
 def test_a_run_built_by_the_old_code_is_already_done_and_unchanged(tmp_path, tiny_run):
     old = old_code(tmp_path / "old")
     runs = tmp_path / "runs"

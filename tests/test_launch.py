@@ -164,6 +164,7 @@ def _training_processes(root_pid):
     return procs
 
 
+@pytest.mark.e2e
 def test_killed_process_resumes_to_the_same_weights(trained, tmp_path):
     runs = tmp_path / "runs"
     keys = STEPS + TWO + ["train.save_steps=2"]
@@ -195,6 +196,7 @@ def test_killed_process_resumes_to_the_same_weights(trained, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.e2e
 def test_ray_trains_m2_on_a_worker_as_local_training_does(tmp_path):
     """Round 2 built locally on one torch thread; then its m2 trained again by ``executor=ray``
     on a worker of a local Ray instance (one CPU, so one thread): the same checkpoint."""
@@ -225,6 +227,7 @@ def test_ray_trains_m2_on_a_worker_as_local_training_does(tmp_path):
     assert m_ray["hash"] == m_local["hash"]
 
 
+@pytest.mark.e2e
 def test_ray_spreads_one_training_over_two_machines(trained, tmp_path):
     """``ray.train_nodes=2``: two Ray tasks, each ``accelerate launch`` of one process as machine
     0 and 1 of the same training (here both on this machine's local Ray, which has one node):

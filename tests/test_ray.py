@@ -121,6 +121,7 @@ def test_ray_workers_write_into_an_object_store(runs, s3_server, tmp_path):
     assert len(list((tmp_path / "cache" / "checkpoints").iterdir())) == 3  # m1a, m1b, judge
 
 
+@pytest.mark.e2e
 def test_killed_ray_build_resumes_with_the_local_executor(runs):
     copy_without(runs, "local", "mixed", "judgments")
     responses = runs / "mixed" / "round=2" / "responses"

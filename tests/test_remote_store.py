@@ -148,6 +148,7 @@ def test_a_bad_uri_names_the_fix(tmp_path):
         Store("nosuchfs://bucket/runs", "r")
 
 
+@pytest.mark.e2e
 def test_a_build_on_s3_gives_the_rows_of_a_local_build(s3_server, tiny_run, tmp_path, monkeypatch):
     """``alma-data build`` with runs_dir on S3: every stage, every table, the same rows as the
     local build of the same recipe; then ``query``, ``status`` and ``runs`` read it there."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from safetensors.torch import load_file
 
 from alma_data.store import Store
@@ -16,6 +17,7 @@ from conftest import run_cli
 KEYS = ["round=1", "recipe=tiny", "train.max_steps=8"]
 
 
+@pytest.mark.e2e
 def test_a_killed_training_resumes_to_the_same_weights(tmp_path):
     runs = tmp_path / "runs"
     args = [sys.executable, "-m", "alma_data", "build", *KEYS, f"runs_dir={runs}", "run=killed", "train.save_steps=4"]

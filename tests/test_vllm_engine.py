@@ -128,6 +128,7 @@ VLLM_BUILD = ["recipe=tiny", "engine=vllm", "vllm.max_model_len=512", "vllm.max_
               "vllm.cpu_kv_cache_gb=0.25", "judge.eval_shots=0"]
 
 
+@pytest.mark.e2e
 @real_vllm
 def test_vllm_builds_round_2_and_resumes_after_a_kill(tmp_path, vllm_tiny):
     from alma_data.store import Store
