@@ -165,6 +165,26 @@ def stopped_by_signals(con) -> Iterator[None]:
                 got.extend(b for b in data if b in stops)
                 con.interrupt()
 
+    # DuckDB also runs Python's signal handlers itself while a query runs (it checks for
+    # signals), swallows what they raise and reports "Query interrupted". On a loaded machine
+    # that can happen before the watcher thread is scheduled at all, so the handlers record
+    # the stop too: without it the interruption reached the user as a traceback and exit 1.
+    previous = {s: signal.getsignal(s) for s in stops}
+
+    def record(signum, frame) -> None:
+        got.append(signum)
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+        elif signum == signal.SIGTERM:
+            from alma_data.errors import Stopped
+
+            raise Stopped(signal.SIGTERM)
+        else:
+            raise KeyboardInterrupt()
+
+    for s in stops:
+        signal.signal(s, record)
     old = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     watcher = threading.Thread(target=watch, name="query-interrupt", daemon=True)
     watcher.start()
@@ -180,6 +200,9 @@ def stopped_by_signals(con) -> Iterator[None]:
         raise
     finally:
         signal.set_wakeup_fd(old)
+        for s, handler in previous.items():
+            if signal.getsignal(s) is record:  # a handler that ran may have set SIG_IGN for the clean-up
+                signal.signal(s, handler)
         writer.close()  # the watcher's recv returns b"" and it ends
         watcher.join(5)
         reader.close()
