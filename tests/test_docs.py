@@ -209,3 +209,29 @@ def test_examples_run(page, workdir):
     for f in fences(page):
         if f.mark is None and f.lang in RUNNERS:
             RUNNERS[f.lang](f, workdir)
+
+
+def test_the_tables_page_lists_what_a_build_writes(workdir):
+    """docs/gen/generate.py's table list against a real run: every table a tiny build and
+    `alma-data eval` wrote is documented, with the columns its manifest records."""
+    sys.path.insert(0, str(ROOT / "docs" / "gen"))
+    import importlib
+
+    gen = importlib.import_module("generate")
+    from alma_data.store import Store
+
+    store = Store(workdir / "data" / "runs", "default")
+    documented: dict[tuple[str, str], list[list[str]]] = {}
+    for table, module, attr, rounds, _ in gen.TABLES:
+        documented.setdefault((table, rounds), []).append(gen.table_schema(module, attr).names)
+    names = {t for t, _ in documented}
+    missing = []
+    for table, rounds in store.done_tables().items():
+        if table not in names:
+            missing.append(table)
+            continue
+        for r in rounds:
+            columns = sorted(store.manifest(r, table)["columns"])
+            assert any(columns == cols for (t, _), options in documented.items() if t == table for cols in map(sorted, options)), \
+                (table, r, columns)
+    assert not missing, f"tables not on the docs' tables page (docs/gen/generate.py TABLES): {missing}"
