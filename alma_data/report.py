@@ -288,10 +288,11 @@ def build_report(store: Store) -> Path:
 
     def user_wins(ax, rows):
         labels = [f"{r[0]}: {r[1]}" for r in rows]
-        ax.bar([k - 0.2 for k in range(len(rows))], [r[2] or 0 for r in rows], width=0.4, label="win rate",
-               color=_color(0))
-        ax.bar([k + 0.2 for k in range(len(rows))], [r[3] or 0 for r in rows], width=0.4, label="at equal length",
-               color=_color(1))
+        for i, (label, col, lo, hi) in enumerate((("win rate", 2, 7, 8), ("at equal length", 3, 9, 10))):
+            pts = [(k + (i - 0.5) * 0.4, r[col] or 0, r[lo], r[hi]) for k, r in enumerate(rows)]
+            ax.bar([p[0] for p in pts], [p[1] for p in pts], width=0.4, label=label, yerr=_err(pts), capsize=3,
+                   color=_color(i))
+            _n_labels(ax, [p[0] for p in pts], [p[3] if p[3] is not None else p[1] for p in pts], [r[11] for r in rows])
         _accuracy_axis(ax, "win rate, ties half")
         ax.set_xticks(range(len(rows)), labels, rotation=20, ha="right")
         ax.legend(fontsize=8)
@@ -299,8 +300,8 @@ def build_report(store: Store) -> Path:
     add("user_eval_wins", "Your prompt sets: win rate of the last model, raw and at equal length",
         "Paired win rate (ties half) of the newest checkpoint against the others, and the same at equal answer "
         "length (intercept of the win indicator regressed on the length difference); length_share is the part "
-        "of the score difference that length explains; the dashed line is an even split. Their intervals are in "
-        "the table user_eval_summary (low, high).",
+        "of the score difference that length explains; the dashed line is an even split; 95% bootstrap intervals "
+        "over prompts, n prompts a bar.",
         load_sql("report_user_eval_wins"), user_wins)
 
     _write_markdown(store, out, figures)
