@@ -235,3 +235,13 @@ def test_the_tables_page_lists_what_a_build_writes(workdir):
             assert any(columns == cols for (t, _), options in documented.items() if t == table for cols in map(sorted, options)), \
                 (table, r, columns)
     assert not missing, f"tables not on the docs' tables page (docs/gen/generate.py TABLES): {missing}"
+
+
+def test_every_recipe_key_has_its_doc():
+    """The recipe-keys page is made from the dataclasses' field docs: a key without one shows blank."""
+    sys.path.insert(0, str(ROOT / "docs" / "gen"))
+    import importlib
+
+    gen = importlib.import_module("generate")
+    undocumented = [key for key, _, _, doc in gen.recipe_rows() if not doc]
+    assert not undocumented, f"recipe keys without a field doc in alma_data/config.py: {undocumented}"

@@ -198,7 +198,7 @@ PAGES = {"reference/recipe-keys.md": recipe_keys_page, "reference/tables.md": ta
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and __name__ == "__main__" and not _under_mkdocs():
+    if __name__ == "__main__" and len(sys.argv) > 1:
         out = Path(sys.argv[1])
         for path, make in PAGES.items():
             (out / path).parent.mkdir(parents=True, exist_ok=True)
@@ -211,10 +211,7 @@ def main() -> None:
             f.write(make())
 
 
-def _under_mkdocs() -> bool:
-    return "mkdocs" in Path(sys.argv[0]).name
-
-
 import importlib.util  # noqa: E402
 
-main()
+if __name__ in ("__main__", "<run_path>"):  # by hand, or mkdocs-gen-files (runpy.run_path); not on import
+    main()
