@@ -190,16 +190,18 @@ def build_report(store: Store) -> Path:
         load_sql("report_responses_per_checkpoint"), per_checkpoint)
 
     def lengths(ax, rows):
+        # shares, not counts: round 1's seeds and a feedback round's K prompts differ in number
         for i, (rnd, pts) in enumerate(_by_round(rows).items()):
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=_color(i),
-                    label=f"round {rnd} (n={sum(p[1] for p in pts)} prompts)")
+            total = sum(p[1] for p in pts)
+            ax.plot([p[0] for p in pts], [p[1] / total for p in pts], marker="o", color=_color(i),
+                    label=f"round {rnd} (n={total} prompts)")
         ax.set_xlabel("prompt length (words, bucket of 10)")
-        ax.set_ylabel("prompts")
-        ax.set_ylim(bottom=0)
+        ax.set_ylabel("share of the round's prompts")
+        ax.set_ylim(0, 1.05)
         ax.legend(fontsize=8)
 
     add("prompt_lengths", "Prompt lengths per round",
-        "Prompts per length bucket, per round (round 1: the seeds).",
+        "Share of each round's prompts per length bucket (round 1: the seeds); n: the round's prompts.",
         load_sql("report_prompt_lengths"), lengths)
 
     def coverage(ax, rows):
