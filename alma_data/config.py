@@ -53,14 +53,19 @@ class TrainConfig:
     trainer: Literal["sft", "dpo"] = "sft"
     """Round r >= 2: SFT of the base model on D1..Dr (paper), or DPO from M1 on the pairs."""
     epochs: float = 1.0
+    """Passes over the training examples (unless ``max_steps`` stops sooner)."""
     learning_rate: float = 5.0e-5
+    """Peak learning rate."""
     batch_size: int = 8
+    """Examples per optimiser step with ``gradient_accumulation``: the effective batch is ``batch_size x gradient_accumulation``."""
     gradient_accumulation: int = 1
+    """Micro-batches added up into one optimiser step."""
     max_length: int = 384
     """Tokens per training example (prompt + response); longer ones are truncated."""
     max_steps: int = -1
     """Stop after this many optimiser steps (-1: run the epochs)."""
     warmup_ratio: float = 0.05
+    """Share of the training steps over which the learning rate warms up."""
     bf16: bool | Literal["auto"] = "auto"
     """Train in bfloat16: ``auto`` where the GPU or CPU computes it natively (AVX512-BF16,
     AMX, Arm BF16; alma_data/precision.py), float32 elsewhere, where emulated bf16 was ~50x
@@ -68,6 +73,7 @@ class TrainConfig:
     m1_seeds: list[int] = field(default_factory=lambda: [1, 2])
     """Round 1 trains one SFT checkpoint per seed: m1a, m1b, ..."""
     dpo_beta: float = 0.1
+    """DPO's beta (``trainer=dpo``): how far the policy may move from its reference."""
     save_steps: int = 0
     """Every this many optimiser steps, save the trainer's state (weights, optimiser, data
     order) so a killed build resumes training from there (0: no intermediate saves; a killed
@@ -92,10 +98,15 @@ class JudgeConfig:
     scale: int = 10
     """Scores are the integers 0..scale; the judge answers ``Rating: [[s]]``."""
     epochs: float = 2.0
+    """Passes over the judge's training examples (unless ``max_steps`` stops sooner)."""
     learning_rate: float = 1.0e-4
+    """Peak learning rate of the judge's training."""
     batch_size: int = 8
+    """Examples per optimiser step of the judge's training."""
     max_length: int = 512
+    """Tokens of a judge question (instructions, prompt, response) the judge is trained on; a longer question is left unscored and counted, never cut."""
     max_steps: int = -1
+    """Stop the judge's training after this many optimiser steps (-1: run the epochs)."""
     self_distill: bool = True
     """After the first feedback round, train the judge on its own real-valued scores."""
     distill_samples: int = 20000
@@ -133,6 +144,7 @@ class PromptConfig:
     candidates: int = 0
     """Synthetic candidates written per round before dedup (0: 4 x k)."""
     shots_min: int = 3
+    """Fewest seed prompts shown to write one candidate (``shots_max``: the most)."""
     shots_max: int = 5
     """Each candidate is written from this many random seed prompts (few-shot)."""
     clusters: int = 0
@@ -143,13 +155,19 @@ class PromptConfig:
     near_dedup_threshold: float = 0.8
     """Word 5-gram Jaccard similarity from which two prompts are near-copies."""
     embedder: Literal["minilm", "base_model"] = "minilm"
+    """What embeds the candidates for k-means: ``minilm`` (the MiniLM sentence encoder shipped as a package) or ``base_model`` (the recipe's base model)."""
     max_words: int = 120
+    """Candidates of more words are rejected."""
     min_words: int = 3
+    """Candidates of fewer words are rejected."""
     keep_truncated: bool = False
     """Keep candidates cut off at max_new_tokens (only sensible for untrained test models)."""
     temperature: float = 1.0
+    """Sampling temperature when the base model writes candidates."""
     top_p: float = 0.95
+    """Nucleus sampling threshold when writing candidates."""
     max_new_tokens: int = 96
+    """Longest candidate in tokens."""
 
 
 @dataclass
@@ -159,8 +177,11 @@ class ResponseConfig:
     checkpoint_mix: list[int] = field(default_factory=lambda: [1, 1, 1])
     """Share of the N samples from m1a : m1b : previous round's model (from round 3)."""
     temperature: float = 0.8
+    """Sampling temperature of the responses."""
     top_p: float = 0.95
+    """Nucleus sampling threshold of the responses."""
     max_new_tokens: int = 256
+    """Longest response in tokens."""
     batch_size: int = 0
     """Sequences (prompt x sample) decoded together; 0: as many as ``kv_cache_gb`` holds
     (at most 128 on a CPU, where larger batches stop paying)."""
@@ -177,11 +198,13 @@ class SelectConfig:
 @dataclass
 class EvalConfig:
     max_new_tokens: int = 192
+    """Longest greedy answer to a held-out or prompt-set prompt, in tokens."""
     prompt_sets: list[str] = field(default_factory=list)
     """Prompt sets every round's model answers (round 1: the base model and m1a too), scored
     by the round-1 judge: files, dataset folders or Hub ids as ``alma-data eval`` reads them
     (tables ``prompt_set_eval`` and ``prompt_set_summary``)."""
     prompt_split: str = "test"
+    """Split read from a Hub id or dataset folder in ``prompt_sets``."""
     prompt_limit: int = 0
     """Prompts read from each of ``prompt_sets`` (0: all)."""
 
@@ -202,6 +225,7 @@ class VLLMConfig:
     """Must stay 1: vLLM's offline ``LLM`` refuses data parallelism in one process. For one
     copy of the model per GPU use ``executor=ray`` with ``ray.num_gpus_per_worker=1``."""
     gpu_memory_utilization: float = 0.85
+    """Share of a GPU's memory vLLM may take for weights and KV cache."""
     enable_prefix_caching: bool = True
     """The N samples of a prompt (and prompts with a common head) share its prefill, and so do
     the judge's requests for one question (its score reading asks for next-token logprobs,
@@ -209,6 +233,7 @@ class VLLMConfig:
     max_model_len: int = 0
     """Longest prompt + response in tokens (0: the model's own limit)."""
     max_num_seqs: int = 256
+    """Sequences vLLM schedules at once."""
     enforce_eager: bool = False
     """Skip CUDA graph capture (faster start, slower steady state). On vLLM's CPU platform the
     engine always runs eagerly: compiling took 295 s of start-up against 60 s for SmolLM2-135M."""
@@ -221,6 +246,7 @@ class VLLMConfig:
 class OpenAIConfig:
     """Settings of ``engine=openai``: any server speaking the OpenAI completions API."""
     base_url: str = "http://127.0.0.1:8000/v1"
+    """The server's OpenAI API root."""
     model: str = ""
     """Served model name; ``{name}`` and ``{round}`` are replaced by the checkpoint's
     (``base`` for the base model, ``m1a``, ``judge``, ...). Empty: the server's first model."""
@@ -252,6 +278,7 @@ class RayConfig:
     num_workers: int = 0
     """Engine-holding workers (0: as many as the cluster's CPUs or GPUs allow)."""
     num_cpus_per_worker: float = 1.0
+    """CPUs of each engine worker (its torch threads too)."""
     num_gpus_per_worker: float = 0.0
     """1 for one vLLM instance per GPU."""
     train_gpus: float = 0.0
@@ -269,6 +296,7 @@ class RayConfig:
 @dataclass
 class Recipe:
     name: str = "default"
+    """The recipe's name; a run is named after it unless ``run=`` names it."""
     model: str = "smollm2-135m"
     """Base model M0: an embedded name, a Hub id, a local folder, or ``run:<round>/<checkpoint>``."""
     engine: Literal["transformers", "vllm", "openai"] = "transformers"
@@ -279,6 +307,7 @@ class Recipe:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Inference dtype; ``auto`` is bfloat16 where the CPU or GPU supports it, else float32."""
     seed: int = 0
+    """Seed of the build: every shard and training is seeded from it, the round, the checkpoint and the shard."""
     rounds: int = 10
     """Feedback rounds after round 1 (paper: R = 10)."""
     seeds: SeedConfig = field(default_factory=SeedConfig)

@@ -8,7 +8,12 @@ select eval_set,
   max(value) filter (where metric = 'win_rate_at_equal_length') as win_rate_equal_length,
   max(value) filter (where metric = 'score_difference') as score_difference,
   max(value) filter (where metric = 'difference_at_equal_length') as difference_equal_length,
-  max(value) filter (where metric = 'length_share') as length_share
+  max(value) filter (where metric = 'length_share') as length_share,
+  max(low) filter (where metric = 'win_rate') as win_rate_low,
+  max(high) filter (where metric = 'win_rate') as win_rate_high,
+  max(low) filter (where metric = 'win_rate_at_equal_length') as equal_length_low,
+  max(high) filter (where metric = 'win_rate_at_equal_length') as equal_length_high,
+  max(n) filter (where metric = 'win_rate') as prompts
 from user_eval_summary
 where versus is not null
 group by all
