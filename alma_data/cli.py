@@ -46,9 +46,13 @@ EPILOG = """examples:
 
 def _split_assignments(items: list[str], allowed_special: set[str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
     special, overrides, rest = {}, {}, []
+    given: dict[str, str] = {}
     for item in items:
         if "=" in item and not item.lstrip().lower().startswith(("select", "with", "from")) and " " not in item.split("=", 1)[0]:
             key, value = item.split("=", 1)
+            if key in given:
+                raise RecipeError(f"{key} is given twice ({given[key]} and {item}); keep one")
+            given[key] = item
             (special if key in allowed_special else overrides)[key] = value
         else:
             rest.append(item)
@@ -130,7 +134,10 @@ def _store_from(special: dict[str, str]) -> Store:
 def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
-    from alma_data.query import check_statements, explain_refusal, read_only_connection, stopped_by_signals
+    from alma_data.outputs import check_output
+    from alma_data.query import (check_statements, damaged_table_named, explain_refusal, read_only_connection,
+                                 stopped_by_signals, write_result)
+    from alma_data.store.integrity import DamageError
 
     special, _, rest = _split_assignments(args.assignments, {"run", "runs_dir"})
     if len(rest) != 1:
@@ -146,68 +153,25 @@ def cmd_query(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise RecipeError(f"{sql}: cannot be read ({exc.strerror})") from None
     store = _store_from(special)
-    if args.out and not store.remote and _inside(Path(args.out), store.local_root):
-        raise RecipeError(f"--out {args.out} is inside the run folder {store.local_root}; a query never writes "
-                          "into its run: write the result somewhere else")
     if args.format == "parquet" and not args.out:
         raise RecipeError("--format parquet needs --out FILE.parquet")
     if args.out:
-        folder = Path(args.out).expanduser().absolute().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise RecipeError(f"--out {args.out}: {folder} is not a folder this user can write in; make it first, "
-                              "or write somewhere else")
-    with read_only_connection(store) as con, stopped_by_signals(con):
+        args.out = check_output(args.out, flag="--out", runs_dir=store.runs_dir)
+    damaged: dict[str, str] = {}
+    with read_only_connection(store, damaged) as con, stopped_by_signals(con):
+        if (message := damaged_table_named(sql, damaged)) is not None:
+            raise DamageError(message)
         try:
             check_statements(con, sql)
             rel = con.sql(sql)
             if rel is not None:
-                _write_result(rel, args)
+                write_result(rel, args)
         except duckdb.Error as exc:
             refusal = explain_refusal(exc)
             if refusal is not None:
                 raise refusal from None
             raise
     return 0
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
-def _write_result(rel, args: argparse.Namespace) -> None:
-    """The result of a query on the terminal or in ``--out``: written here, never by DuckDB,
-    whose connection may not open files."""
-    fmt = args.format
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        reader = rel.to_arrow_reader(64 * 1024)
-        with pq.ParquetWriter(args.out, reader.schema, compression="zstd") as writer:
-            for batch in reader:
-                writer.write_batch(batch)
-        return
-    out = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
-        if fmt == "table":
-            if args.out:
-                out.write(str(rel))
-            else:
-                rel.show(max_width=200, max_rows=args.max_rows)
-        elif fmt == "csv":
-            writer = csv.writer(out)
-            writer.writerow(rel.columns)
-            writer.writerows(rel.fetchall())
-        elif fmt == "json":
-            rows = [dict(zip(rel.columns, r)) for r in rel.fetchall()]
-            json.dump(rows, out, indent=2, default=str)
-            out.write("\n")
-    finally:
-        if args.out:
-            out.close()
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
@@ -234,18 +198,19 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from alma_data.status import format_status
+    from alma_data.status import format_status, status_exit
 
     special, unknown, rest = _split_assignments(args.assignments, {"run", "runs_dir"})
     if unknown or rest:
         raise RecipeError(f"status does not take {sorted(unknown) or rest}: it shows the run under the recipe it was "
                           "built with; it takes run=NAME and runs_dir=DIR")
-    print(format_status(_store_from(special)))
-    return 0
+    text = format_status(_store_from(special))
+    print(text)
+    return status_exit(text)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from alma_data.store.integrity import repair_command, verify_run
+    from alma_data.store.integrity import record_verify, repair_command, verify_run
 
     special, unknown, rest = _split_assignments(args.assignments, {"run", "runs_dir", "threads"})
     if unknown or rest:
@@ -259,6 +224,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except ValueError:
         raise RecipeError(f"threads must be a whole number, got {special['threads']!r}") from None
     report = verify_run(store, threads=threads, progress=not args.quiet)
+    record_verify(store, report.damage)  # so the build it names redoes exactly what it found
     for d in report.damage:
         print(f"damaged: {d}")
     print(report.summary())
@@ -291,7 +257,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     folder = Path(special["to"]) if "to" in special else store.local_root / "export" / special["repo"].replace("/", "__")
     try:
         counts = export(store, folder, special["repo"], rounds=rounds, splits=splits,
-                        raw=_bool(special.get("raw", "false"), "raw"), license=special.get("license", "apache-2.0"))
+                        raw=_bool(special.get("raw", "false"), "raw"), license=special.get("license", "apache-2.0"),
+                        overwrite=args.overwrite)
         total = sum(sum(c.values()) for c in counts.values())
         print(f"wrote {folder}: {len(counts)} configs ({', '.join(counts)}), {total:,} rows", file=sys.stderr)
         if args.dry_run or "to" in special:
@@ -396,6 +363,7 @@ def parser() -> argparse.ArgumentParser:
                                "  alma-data publish run=default repo=me/alma-smollm2 splits=sft,dpo private=true")
     pb.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
     pb.add_argument("--dry-run", action="store_true", help="write the folder that would be uploaded, upload nothing")
+    pb.add_argument("--overwrite", action="store_true", help="replace a to= folder that already holds files")
     pb.set_defaults(func=cmd_publish)
     jd = sub.add_parser("judge", help="score a file or Hub dataset with any judge; pairwise accuracy on preference pairs",
                         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -41,11 +41,19 @@ PAIRS = pa.schema([
 ])
 
 
+# The bounds of the whole numbers judge and eval take on their command line.
+INT_BOUNDS = {"shots": (0, 64), "limit": (0, 10_000_000), "seed": (0, 2**32 - 1), "max_new_tokens": (1, 1_000_000)}
+
+
 def _int(special: dict[str, str], key: str, default: int) -> int:
     try:
-        return int(special.get(key, default))
+        value = int(special.get(key, default))
     except ValueError:
         raise RecipeError(f"{key} must be a whole number, got {special[key]!r}") from None
+    low, high = INT_BOUNDS.get(key, (None, None))
+    if low is not None and not low <= value <= high:
+        raise RecipeError(f"{key}={value} is out of range: give a whole number from {low} to {high:,}")
+    return value
 
 
 def recipe_and_store(special: dict[str, str], overrides: dict[str, str], default_runs_dir: str):
@@ -114,8 +122,10 @@ def cmd_judge(args, split_assignments, default_runs_dir: str) -> int:
     kind, items = read_judge_input(source, special.get("split", "test"), _int(special, "limit", 0),
                                    special.get("subset"))
     recipe, store = recipe_and_store(special, overrides, default_runs_dir)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if args.out:  # refused before any scoring, not after it
+        from alma_data.outputs import check_output
+
+        args.out = check_output(args.out, flag="--out", runs_dir=store.runs_dir if store is not None else default_runs_dir)
     t0 = time.time()
     judge = open_any_judge(special["judge"], recipe, store, shots=shots, seed=_int(special, "seed", 0))
     label = special["judge"] + (f" shots={shots}" if shots else "")
@@ -159,8 +169,11 @@ def cmd_judge(args, split_assignments, default_runs_dir: str) -> int:
     if args.out:
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), args.out, compression="zstd")
-        summary["out"] = args.out
+        from alma_data.outputs import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), str(tmp), compression="zstd")
+        summary["out"] = str(args.out)
     if args.format == "json":
         print(json.dumps(summary, indent=2))
     else:

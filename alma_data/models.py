@@ -161,6 +161,9 @@ def resolve(ref: str, store=None) -> str:
         rnd, name = int(m.group("round")), m.group("name")
         if not st.checkpoint_done(rnd, name):
             raise ModelError(f"checkpoint {name!r} of round {rnd} in run {st.run!r} does not exist (yet); build that round first")
+        from alma_data.store.integrity import require_checkpoint_hashed
+
+        require_checkpoint_hashed(st, rnd, name)  # every file's sha256, before anything loads it
         return st.checkpoint_location(rnd, name)
     path = Path(ref).expanduser()
     if path.exists():

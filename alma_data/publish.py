@@ -45,8 +45,19 @@ def size_category(n: int) -> str:
 
 
 def export(store: Store, out: Path, repo: str, *, rounds: list[int] | None = None,
-           splits: list[str] | None = None, raw: bool = False, license: str = "apache-2.0") -> dict[str, Any]:
-    """Write exactly the folder that would be uploaded; returns rows per config and round."""
+           splits: list[str] | None = None, raw: bool = False, license: str = "apache-2.0",
+           overwrite: bool = False) -> dict[str, Any]:
+    """Write exactly the folder that would be uploaded; returns rows per config and round.
+
+    ``out`` passes the output guard (:func:`alma_data.outputs.check_output`): never inside a
+    run (the run's own ``export/`` folder excepted), never over a folder holding files unless
+    ``overwrite``; the folder is written beside ``out`` and renamed into place when whole."""
+    from alma_data.outputs import atomic_folder, check_output
+
+    own = store.local_root / "export"
+    mine = not store.remote and Path(out).expanduser().absolute().is_relative_to(own)
+    out = check_output(out, flag="to=", runs_dir=store.runs_dir, folder=True, overwrite=overwrite or mine,
+                       allow_in=own)
     info = store.read_run()
     available = store.done_tables()
     wanted = list(splits or [s for s in SPLITS if s in available]) + (list(RAW) if raw else [])
@@ -57,9 +68,13 @@ def export(store: Store, out: Path, repo: str, *, rounds: list[int] | None = Non
     if missing:
         raise PublishError(f"run {store.run!r} has no finished {', '.join(missing)} table; build further "
                            f"(alma-data status run={store.run}) or leave it out with splits=...")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(out) as tmp:
+        return _fill(store, tmp, repo, info, available, wanted, rounds, license)
+
+
+def _fill(store: Store, out: Path, repo: str, info: dict, available: dict, wanted: list[str],
+          rounds: list[int] | None, license: str) -> dict[str, Any]:
     con = store.connect()
     counts: dict[str, dict[int, int]] = {}
     for split in wanted:

@@ -110,17 +110,34 @@ def _table_dataset(store: Store, table: str, rounds: list[int]):
                       partition_base_dir=root)
 
 
+def damaged_table_named(sql: str, damaged: dict[str, str]) -> str | None:
+    """The message of a damaged table the SQL names (its views are left out of the connection)."""
+    for table, message in damaged.items():
+        if re.search(rf"(?<![\w.]){re.escape(table)}(?!\w)", sql, flags=re.IGNORECASE):
+            return message
+    return None
+
+
 @contextmanager
-def read_only_connection(store: Store) -> Iterator:
+def read_only_connection(store: Store, damaged: dict[str, str] | None = None) -> Iterator:
     """A DuckDB connection with one view per finished table over all rounds, that opens no
-    file of its own: external access off, the configuration locked."""
+    file of its own: external access off, the configuration locked. A damaged table gets no
+    view (its message goes into ``damaged``), so the healthy ones are still queried."""
     import duckdb
+
+    from alma_data.store.integrity import DamageError
 
     spill = tempfile.mkdtemp(prefix="alma-query-")
     con = duckdb.connect(":memory:")
     try:
         for table, rounds in store.done_tables().items():
-            dataset = _table_dataset(store, table, rounds)
+            try:
+                dataset = _table_dataset(store, table, rounds)
+            except DamageError as exc:
+                if damaged is None:
+                    raise
+                damaged[table] = str(exc)
+                continue
             if dataset is not None:
                 con.register(table, dataset)
         con.execute("SET allowed_directories = []")
@@ -206,3 +223,47 @@ def stopped_by_signals(con) -> Iterator[None]:
         writer.close()  # the watcher's recv returns b"" and it ends
         watcher.join(5)
         reader.close()
+
+
+def write_result(rel, args) -> None:
+    """The result of a query on the terminal or in ``--out``: written here, never by DuckDB,
+    whose connection may not open files. A file goes through a temporary name, so a query that
+    fails half way leaves an existing ``--out`` as it was."""
+    import csv
+    import json
+    import sys
+
+    from alma_data.outputs import atomic_file, atomic_path
+
+    fmt = args.format
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        reader = rel.to_arrow_reader(64 * 1024)
+        with atomic_path(args.out) as tmp:
+            with pq.ParquetWriter(str(tmp), reader.schema, compression="zstd") as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+        return
+    if not args.out:
+        if fmt == "table":
+            rel.show(max_width=200, max_rows=args.max_rows)
+        elif fmt == "csv":
+            writer = csv.writer(sys.stdout)
+            writer.writerow(rel.columns)
+            writer.writerows(rel.fetchall())
+        elif fmt == "json":
+            json.dump([dict(zip(rel.columns, r)) for r in rel.fetchall()], sys.stdout, indent=2, default=str)
+            sys.stdout.write("\n")
+        return
+    rows = None if fmt == "table" else rel.fetchall()  # the whole result first: a failure writes nothing
+    with atomic_file(args.out, "w", newline="") as out:
+        if fmt == "table":
+            out.write(str(rel))
+        elif fmt == "csv":
+            writer = csv.writer(out)
+            writer.writerow(rel.columns)
+            writer.writerows(rows)
+        elif fmt == "json":
+            json.dump([dict(zip(rel.columns, r)) for r in rows], out, indent=2, default=str)
+            out.write("\n")

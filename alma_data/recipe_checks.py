@@ -99,6 +99,24 @@ RULES: list[_Rule] = [
     ("ray.train_gpus", _min(0), "0 or more"),
     ("ray.train_nodes", _min(1), "at least 1"),
 ]
+# Sane upper limits: a size above these is a typo (or needs a machine no recipe here runs on),
+# refused before anything is written instead of killed by the kernel hours later.
+CEILINGS: dict[str, int | float] = {
+    "rounds": 100, "seeds.max_sft": 10_000_000, "seeds.max_judge": 10_000_000, "seeds.eval_prompts": 1_000_000,
+    "train.epochs": 1_000, "train.batch_size": 65_536, "train.gradient_accumulation": 65_536,
+    "train.max_length": 1_048_576, "train.max_steps": 100_000_000, "train.save_steps": 100_000_000,
+    "train.num_processes": 4_096, "judge.epochs": 1_000, "judge.batch_size": 65_536, "judge.max_length": 1_048_576,
+    "judge.max_steps": 100_000_000, "judge.distill_samples": 10_000_000, "judge.batch_size_score": 65_536,
+    "prompts.k": 10_000_000, "prompts.candidates": 100_000_000, "prompts.shots_min": 1_000, "prompts.shots_max": 1_000,
+    "prompts.clusters": 10_000_000, "prompts.min_words": 100_000, "prompts.max_words": 1_000_000,
+    "prompts.max_new_tokens": 1_048_576, "responses.n": 10_000, "responses.max_new_tokens": 1_048_576,
+    "responses.batch_size": 1_000_000, "responses.kv_cache_gb": 100_000, "eval.max_new_tokens": 1_048_576,
+    "eval.prompt_limit": 100_000_000, "judge.eval_limit": 100_000_000, "judge.eval_shots": 64,
+    "store.shard_rows": 100_000_000, "vllm.tensor_parallel_size": 4_096, "vllm.data_parallel_size": 4_096,
+    "vllm.max_model_len": 16_777_216, "vllm.cpu_kv_cache_gb": 100_000, "vllm.max_num_seqs": 1_000_000,
+    "openai.max_concurrency": 100_000, "openai.timeout": 86_400, "openai.max_retries": 1_000,
+    "openai.top_logprobs": 20, "ray.num_workers": 100_000, "ray.train_nodes": 100_000,
+}
 UNCHECKED = ("seed",)
 """Numeric keys any value of which is fine."""
 
@@ -122,6 +140,8 @@ def check_values(recipe: Recipe) -> None:
             _refuse(key, value, must)
         if not ok(value):
             _refuse(key, value, must)
+        if key in CEILINGS and value > CEILINGS[key]:
+            _refuse(key, value, f"at most {CEILINGS[key]:,} ({must})")
     p, r, t = recipe.prompts, recipe.responses, recipe.train
     if p.shots_min > p.shots_max:
         raise RecipeError(f"prompts.shots_min={p.shots_min} is above prompts.shots_max={p.shots_max}; each candidate "
@@ -172,9 +192,33 @@ def mix_names(recipe: Recipe, round: int) -> list[str]:
     return [name for name, _ in roles.mix_names(recipe, round)]
 
 
+def check_model_ref(key: str, ref: str) -> None:
+    """A model reference that can name a model at all (without loading it): refused before a
+    build writes anything, instead of after run.json and the seed tables."""
+    import re
+    from pathlib import Path
+
+    from alma_data.models import _RUN_REF, EMBEDDED
+
+    if not ref.strip():
+        raise RecipeError(f"{key} is empty; name a model: an embedded one ({', '.join(EMBEDDED)}), a Hub id "
+                          "like org/name, or a local model folder")
+    if ref in EMBEDDED or _RUN_REF.match(ref) or re.fullmatch(r"[\w.-]+/[\w.-]+", ref) and not Path(ref).exists():
+        return
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise RecipeError(f"{key}={ref}: {path} is not a model folder (no config.json); give a folder saved "
+                              "by save_pretrained")
+        return
+    raise RecipeError(f"{key}={ref}: unknown model; use an embedded name ({', '.join(EMBEDDED)}), a Hub id like "
+                      "org/name, a local model folder, or run:round=R/CHECKPOINT")
+
+
 def check_for_rounds(recipe: Recipe, target_round: int) -> None:
     """What the rounds 1..``target_round`` of a build need of the recipe, checked before any of them runs."""
     check_values(recipe)
+    check_model_ref("model", recipe.model)
     if target_round < 2:
         return
     mix = recipe.responses.checkpoint_mix

@@ -316,6 +316,14 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _write_whole(path: Path, text: str) -> None:
+    """Through a temporary name: a report that fails half way leaves the last one whole."""
+    from alma_data.outputs import atomic_file
+
+    with atomic_file(path, "w") as f:
+        f.write(text)
+
+
 def _write_markdown(store: Store, out: Path, figures: list[Figure]) -> None:
     info = store.read_run()
     lines = [f"# alma-data report: run {store.run}", "",
@@ -326,7 +334,7 @@ def _write_markdown(store: Store, out: Path, figures: list[Figure]) -> None:
                   "| " + " | ".join(f.columns) + " |", "|" + "---|" * len(f.columns)]
         lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in f.rows[:40]]
         lines.append("")
-    (out / "report.md").write_text("\n".join(lines))
+    _write_whole(out / "report.md", "\n".join(lines))
 
 
 def _write_html(store: Store, out: Path, figures: list[Figure]) -> None:
@@ -345,4 +353,4 @@ def _write_html(store: Store, out: Path, figures: list[Figure]) -> None:
         parts += ["<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in f.rows[:40]]
         parts.append("</table>")
     parts.append("</body></html>")
-    (out / "report.html").write_text("\n".join(parts))
+    _write_whole(out / "report.html", "\n".join(parts))

@@ -101,4 +101,10 @@ def format_status(store: Store) -> str:
                       f"Resume with: alma-data build round={first.round} {store.cli_args()}"]
     else:
         lines += ["", "every round of the recipe is built"]
+    lines.append("(sizes, times, row counts and listings checked, files not hashed: alma-data verify hashes every file)")
     return "\n".join(lines)
+
+
+def status_exit(text: str) -> int:
+    """``alma-data status``'s exit code: 1 when it reported damage."""
+    return 1 if "\ndamaged: " in text else 0

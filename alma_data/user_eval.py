@@ -73,6 +73,9 @@ def pick_checkpoints(store, spec: str) -> list[tuple[str, int | None, str]]:
                 r = int(r_text)
             except ValueError:
                 raise RecipeError(f"models: {item!r} is not round=R/NAME") from None
+            if not store.checkpoint_done(r, name):
+                raise EvalError(f"models: run {store.run!r} has no checkpoint {item!r}; use base, last, or one of "
+                                f"{', '.join(_checkpoints(store)) or 'its checkpoints (none built yet)'}")
             entry = (name if not any(o[2] == name for o in out) else f"round={r}/{name}", r, name)
         else:
             rounds = [r for r in sorted(store.rounds_present(), reverse=True) if store.checkpoint_done(r, item)]
@@ -200,6 +203,11 @@ def cmd_eval(args, split_assignments, default_runs_dir: str) -> int:
     # Open the judge first: a judge that does not exist stops the command before any answering.
     judge = open_any_judge(special["judge"], recipe, store, shots=shots, seed=_int(special, "seed", 0))
     judge.close()
+    from alma_data.store.integrity import require_checkpoint_hashed
+
+    for _, r, name in picked:  # every file's sha256 before any checkpoint answers
+        if r is not None:
+            require_checkpoint_hashed(store, r, name)
     texts = [p.prompt for p in prompts]
     answers, labels = {}, []
     for label, r, name in picked:

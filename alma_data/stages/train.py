@@ -63,6 +63,14 @@ def dpo_stage(recipe: Recipe, round: int, name: str, pairs: TableRef, start: Che
                  hashed={"start": start, **_parallel(recipe)}, params={"start": start})
 
 
+def _start_location(ctx: Context, start) -> str:
+    """The checkpoint a training starts from, its files hashed against its manifest first."""
+    from alma_data.store.integrity import require_checkpoint_hashed
+
+    require_checkpoint_hashed(ctx.store, start.round, start.name)
+    return ctx.store.checkpoint_location(start.round, start.name)
+
+
 def _train_checkpoint(ctx: Context, stage: Stage, h: str, *, trainer: str, data: str, spec, base: str) -> dict:
     store, recipe = ctx.store, ctx.recipe
     job = TrainJob(runs_dir=absolute_runs_dir(store.runs_dir), run=store.run, round=stage.round, name=stage.output,
@@ -107,7 +115,7 @@ def _train_judge(ctx: Context, stage: Stage, h: str) -> dict:
                      max_length=j.max_length, max_steps=j.max_steps, bf16=resolve_bf16(t.bf16),
                      seed=ctx.recipe.seed, save_steps=t.save_steps, num_processes=t.num_processes)
     start = stage.params["start"]
-    base = ctx.store.checkpoint_location(start.round, start.name) if start else resolve(ctx.recipe.model)
+    base = _start_location(ctx, start) if start else resolve(ctx.recipe.model)
     return _train_checkpoint(ctx, stage, h, trainer="sft_soft" if stage.params["soft"] else "sft", data="judge",
                              spec=spec, base=base)
 
@@ -115,4 +123,4 @@ def _train_judge(ctx: Context, stage: Stage, h: str) -> dict:
 def _train_dpo(ctx: Context, stage: Stage, h: str) -> dict:
     start = stage.params["start"]
     return _train_checkpoint(ctx, stage, h, trainer="dpo", data="pairs", spec=_policy_spec(ctx.recipe, ctx.recipe.seed),
-                             base=ctx.store.checkpoint_location(start.round, start.name))
+                             base=_start_location(ctx, start))

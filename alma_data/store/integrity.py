@@ -109,6 +109,14 @@ def _check_file(store: Store, path: str, entry: dict | None, recorded: dict, mov
     return None
 
 
+def _footer_problem(store: Store, path: str, shard: dict) -> str | None:
+    try:
+        rows = _footer_rows(store, path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        return f"not a readable Parquet file ({str(exc).splitlines()[0]})"
+    return f"{rows:,} rows where the manifest recorded {shard['rows']:,}" if rows != shard.get("rows") else None
+
+
 def _footer_rows(store: Store, path: str) -> int:
     with store.arrow_fs.open_input_file(path) as f:
         return pq.read_metadata(f).num_rows
@@ -127,21 +135,103 @@ def check_table(store: Store, round: int, table: str, manifest: dict | None = No
         if manifest is None:
             return []
     entries = store.entries(folder)
-    damage = []
+    damage = claim_damage(store, folder, manifest)
+    flagged = flagged_by_verify(store)
     for shard in manifest["shards"]:
         path = join(folder, shard["file"])
         problem = _check_file(store, path, entries.get(shard["file"]), shard, moved)
+        if problem is None and _still_flagged(flagged, store.url(path), entries.get(shard["file"])):
+            problem = "alma-data verify found its sha256 differs from the one the manifest recorded"
         if problem is None:
-            try:
-                rows = _footer_rows(store, path)
-            except (pa.ArrowInvalid, OSError) as exc:
-                problem = f"not a readable Parquet file ({str(exc).splitlines()[0]})"
-            else:
-                if rows != shard["rows"]:
-                    problem = f"{rows:,} rows where the manifest recorded {shard['rows']:,}"
+            problem = _footer_problem(store, path, shard)
         if problem:
             damage.append(Damage(store.url(path), problem))
     return damage
+
+
+def claim_damage(store: Store, folder: str, manifest: dict) -> list[Damage]:
+    """What a table's manifest claims beyond each listed shard: its total is the sum of its
+    shards' rows, every shard in the folder is listed (a stray one is never read, and a build
+    moves it aside instead of adopting it), and a listed shard is a file, not a folder."""
+    damage = []
+    listed = {sh["file"] for sh in manifest["shards"]}
+    total = sum(int(sh.get("rows", 0)) for sh in manifest["shards"])
+    if manifest.get("rows") is not None and manifest["rows"] != total:
+        damage.append(Damage(store.url(join(folder, MANIFEST)),
+                             f"records {manifest['rows']:,} rows but its shards list {total:,}"))
+    for name in store.names(folder):
+        if SHARD_RE.match(name) and name not in listed:
+            damage.append(Damage(store.url(join(folder, name)), "a shard the manifest does not list (stray: never read)"))
+    for name in store.names(folder, kind="directory"):
+        if name in listed:
+            damage.append(Damage(store.url(join(folder, name)), "a folder where the manifest lists a shard file"))
+    return damage
+
+
+# -- what alma-data verify found (it hashes; the cheap check does not) ----------------------------
+FLAGS = "_verify_damage.json"
+
+
+def flagged_by_verify(store: Store) -> dict[str, list]:
+    """Files the last ``alma-data verify`` found damaged: url -> [size, mtime] they had then."""
+    try:
+        data = store.read_json_at(join(store.path, FLAGS))
+    except ManifestError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _still_flagged(flagged: dict, url: str, entry: dict | None) -> bool:
+    """A file verify flagged, not written again since (same size and time)."""
+    seen = flagged.get(url)
+    return bool(seen and entry and entry["size"] == seen[0] and entry["mtime"] == seen[1])
+
+
+def record_verify(store: Store, damage: list[Damage]) -> None:
+    """Keep what verify found, so the build it names treats exactly that as not done."""
+    path = join(store.path, FLAGS)
+    hashed = [d for d in damage if "sha256" in d.problem]
+    if not hashed:
+        if store.isfile(path):
+            store.fs.rm_file(path)
+        return
+    flags = {}
+    for d in hashed:
+        folder, name = d.where.rsplit("/", 1)
+        bare = folder.split("://", 1)[1] if store.remote else folder
+        entry = store.entries(bare).get(name)
+        if entry:
+            flags[d.where] = [entry["size"], entry["mtime"]]
+    store.write_json_at(path, flags)
+
+
+def require_checkpoint_hashed(store: Store, round: int, name: str) -> None:
+    """Before a command loads a checkpoint for use (judge, eval, training): every file's sha256
+    against its manifest, so a damaged model never answers or scores."""
+    key = ("checkpoint-hashed", store.where(), round, name)
+    if key in store.intact:
+        return
+    folder = store.checkpoint_path(round, name)
+    damage = check_checkpoint(store, round, name)
+    if not damage:
+        manifest = store.checkpoint_manifest(round, name) or {"files": []}
+        entries = store.tree(folder)
+        for f in manifest["files"]:
+            path = join(folder, f["file"])
+            entry = entries[f["file"]]
+            if f.get("sha256") and _hash_once(store, path, entry) != f["sha256"]:
+                damage.append(Damage(store.url(path), "sha256 differs from the one the manifest recorded"))
+    if damage:
+        raise DamageError(f"round={round}/checkpoints/{name} of run {store.run!r} is damaged: {describe(damage)}. "
+                          f"Nothing loads it until it is repaired; repair it with: {repair_command(store)}")
+    store.intact.add(key)
+
+
+def _hash_once(store: Store, path: str, entry: dict) -> str:
+    key = (path, entry["size"], entry["mtime"])
+    if key not in _hashes:
+        _hashes[key] = _sha256(store, path)
+    return _hashes[key]
 
 
 def check_checkpoint(store: Store, round: int, name: str) -> list[Damage]:
@@ -201,10 +291,29 @@ def quarantine_table(store: Store, round: int, table: str, damage: list[Damage])
     else:
         damaged = {d.where for d in damage}
         doomed = [n for n in names if store.url(join(folder, n)) in damaged]
-    for name in doomed:
-        store.fs.rm_file(join(folder, name))
+    stray = {d.where for d in damage if "stray" in d.problem or "a folder where" in d.problem}
+    doomed += [n for n in store.names(folder, kind="directory") if store.url(join(folder, n)) in stray]
+    for name in sorted(set(doomed)):
+        move_aside(store, round, table, name)
     if MANIFEST in names:
         store.fs.rm_file(join(folder, MANIFEST))
+
+
+def move_aside(store: Store, round: int, table: str, name: str) -> str:
+    """Move a file (or folder) out of a table's folder into ``<run>/quarantine/``, where no
+    reader looks: what a build found damaged or stray is kept for a person to look at, never
+    adopted and never silently deleted. On an object store it is removed."""
+    import os
+
+    src = join(store.table_path(round, table), name)
+    if store.remote:
+        store.fs.rm(src, recursive=True)
+        return src
+    dest_dir = join(store.path, "quarantine", f"round={round}", table)
+    os.makedirs(dest_dir, exist_ok=True)
+    dest = join(dest_dir, f"{name}.{time.time_ns()}")
+    os.replace(src, dest)
+    return dest
 
 
 def quarantine_checkpoint(store: Store, round: int, name: str) -> None:
@@ -245,6 +354,24 @@ def _manifest_paths(store: Store) -> tuple[list[str], list[str]]:
     return sorted(tables), sorted(checkpoints)
 
 
+def missing_inputs(store: Store, manifest: dict) -> list[Damage]:
+    """A finished table or checkpoint was built from tables that must still have their
+    manifests: one that lost it is damage (its rows vanish from every query otherwise)."""
+    import re
+
+    damage = []
+    for ref in manifest.get("inputs") or {}:
+        m = re.fullmatch(r"round=(\d+)/([\w.-]+)", str(ref))
+        if not m:
+            continue
+        folder = store.table_path(int(m.group(1)), m.group(2))
+        if not store.isfile(join(folder, MANIFEST)):
+            damage.append(Damage(store.url(join(folder, MANIFEST)),
+                                 f"missing, though {manifest.get('table') or 'a later stage'} of round "
+                                 f"{manifest.get('round', '?')} was built from it"))
+    return damage
+
+
 def verify_run(store: Store, threads: int = 4, progress: bool = True) -> VerifyReport:
     """sha256 of every file every finished table and checkpoint of the run lists, against
     the manifest (a missing file, a wrong size or an unreadable manifest is damage too)."""
@@ -262,9 +389,11 @@ def verify_run(store: Store, threads: int = 4, progress: bool = True) -> VerifyR
             except ManifestError as exc:
                 report.damage.append(Damage(store.url(exc.path), exc.problem))
                 continue
+            report.damage += missing_inputs(store, manifest)
             if kind == "table":
                 report.tables += 1
                 listed, entries = manifest["shards"], store.entries(folder)
+                report.damage += claim_damage(store, folder, manifest)
             else:
                 report.checkpoints += 1
                 listed, entries = manifest["files"], store.tree(folder)
@@ -277,6 +406,8 @@ def verify_run(store: Store, threads: int = 4, progress: bool = True) -> VerifyR
                 elif f.get("bytes") is not None and entry["size"] != f["bytes"]:
                     report.damage.append(Damage(store.url(path), f"{entry['size']:,} bytes where the manifest "
                                                                  f"recorded {f['bytes']:,} (cut short or rewritten)"))
+                elif kind == "table" and (problem := _footer_problem(store, path, f)):
+                    report.damage.append(Damage(store.url(path), problem))
                 elif not f.get("sha256"):
                     report.unchecked += 1
                     report.bytes += entry["size"]
@@ -306,5 +437,5 @@ def verify_run(store: Store, threads: int = 4, progress: bool = True) -> VerifyR
                     report.damage.append(found)
     report.bytes += total
     report.seconds = time.perf_counter() - t0
-    report.damage.sort(key=lambda d: d.where)
+    report.damage = sorted(set(report.damage), key=lambda d: d.where)
     return report
