@@ -437,5 +437,7 @@ def verify_run(store: Store, threads: int = 4, progress: bool = True) -> VerifyR
                     report.damage.append(found)
     report.bytes += total
     report.seconds = time.perf_counter() - t0
-    report.damage = sorted(set(report.damage), key=lambda d: d.where)
+    seen: set[str] = set()  # a lost manifest is named once, however many stages were built from it
+    report.damage = [d for d in sorted(set(report.damage), key=lambda d: (d.where, d.problem))
+                     if not (d.problem.startswith("missing, though") and (d.where in seen or seen.add(d.where)))]
     return report
