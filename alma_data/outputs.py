@@ -105,10 +105,20 @@ def _temp_beside(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.tmp")
 
 
+def _special(target: Path) -> bool:
+    """A device, pipe or socket (``/dev/stdout``, ``/dev/full``, a FIFO): written in place,
+    since renaming a file over it would replace the device itself."""
+    return target.exists() and not target.is_file() and not target.is_dir()
+
+
 @contextmanager
 def atomic_file(target: Path, mode: str = "w", **kwargs) -> Iterator:
     """Open a temporary file beside ``target``; on success it replaces ``target``, on any
     failure it is removed and ``target`` keeps what it held."""
+    if _special(target):
+        with open(target, mode, **kwargs) as f:
+            yield f
+        return
     tmp = _temp_beside(target)
     try:
         with open(tmp, mode, **kwargs) as f:
@@ -123,6 +133,9 @@ def atomic_file(target: Path, mode: str = "w", **kwargs) -> Iterator:
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """A temporary path beside ``target`` for a writer that opens files itself (pyarrow)."""
+    if _special(target):
+        yield target
+        return
     tmp = _temp_beside(target)
     try:
         yield tmp

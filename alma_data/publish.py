@@ -56,6 +56,8 @@ def export(store: Store, out: Path, repo: str, *, rounds: list[int] | None = Non
 
     own = store.local_root / "export"
     mine = not store.remote and Path(out).expanduser().absolute().is_relative_to(own)
+    if mine:
+        own.mkdir(exist_ok=True)  # the run's own export folder, made on its first export
     out = check_output(out, flag="to=", runs_dir=store.runs_dir, folder=True, overwrite=overwrite or mine,
                        allow_in=own)
     info = store.read_run()

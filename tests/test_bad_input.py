@@ -99,21 +99,26 @@ def _parquet(rows: list[dict]) -> bytes:
 GOOD_JUDGE = [{"prompt": f"Question {i}?", "response": f"Answer {i}.", "score": i % 11, "group": f"g{i % 4}"}
               for i in range(8)]
 BUILD = ["build", "round=1", "runs_dir={runs}", f"run={RUN}"]
+
+
+def build_to(round_: int) -> list[str]:
+    return ["build", f"round={round_}", *BUILD[2:]]
+
 FORCE = BUILD + ["--force"]
 
 RECIPE_CASES = [
-    Case("responses.n=0", BUILD + ["round=2", "responses.n=0"], ["responses.n=0", "at least 1"]),
-    Case("responses.n=-3", BUILD + ["round=2", "responses.n=-3"], ["responses.n=-3", "at least 1"]),
-    Case("prompts.k=0", BUILD + ["round=2", "prompts.k=0"], ["prompts.k=0", "at least 1"]),
+    Case("responses.n=0", build_to(2) + ["responses.n=0"], ["responses.n=0", "at least 1"]),
+    Case("responses.n=-3", build_to(2) + ["responses.n=-3"], ["responses.n=-3", "at least 1"]),
+    Case("prompts.k=0", build_to(2) + ["prompts.k=0"], ["prompts.k=0", "at least 1"]),
     Case("store.shard_rows=0", BUILD + ["store.shard_rows=0"], ["store.shard_rows=0", "at least 1"]),
     Case("seeds.eval_prompts=-1", BUILD + ["seeds.eval_prompts=-1"], ["seeds.eval_prompts=-1", "0 or more"]),
     # the issue's case: the tiny recipe's two m1 checkpoints and round 3's previous model need three weights
     Case("checkpoint_mix-round3", ["build", "round=3", "recipe=tiny", "runs_dir={runs}", "run=never",
                                    "responses.checkpoint_mix=[1,1]"],
          ["responses.checkpoint_mix=[1, 1]", "3 checkpoints", "checkpoint_mix=[1,1,1]"]),
-    Case("checkpoint_mix-on-the-run", BUILD + ["round=3", "responses.checkpoint_mix=[1]"],
+    Case("checkpoint_mix-on-the-run", build_to(3) + ["responses.checkpoint_mix=[1]"],
          ["responses.checkpoint_mix=[1]", "2 checkpoints", "checkpoint_mix=[1,1]"]),
-    Case("checkpoint_mix-all-zero", BUILD + ["round=2", "responses.checkpoint_mix=[0,1]"],
+    Case("checkpoint_mix-all-zero", build_to(2) + ["responses.checkpoint_mix=[0,1]"],
          ["checkpoint_mix", "sum to 0"]),
     Case("shots_min>shots_max", BUILD + ["prompts.shots_min=6", "prompts.shots_max=4"],
          ["prompts.shots_min=6", "prompts.shots_max=4"]),
@@ -200,7 +205,7 @@ QUERY_CASES = [
     Case("sql-file-not-utf8", Q + ["{dir}/latin.sql"], ["latin.sql", "not UTF-8"],
          files={"latin.sql": "select 'caf\u00e9'".encode("latin-1")}),
     Case("out-inside-the-run", Q + ["--format", "csv", "--out", SHARD, "select 1"],
-         ["--out", "inside the run folder"]),
+         ["--out", "inside the runs folder"]),
 ]
 
 

@@ -109,7 +109,9 @@ def test_damage_is_named_refused_and_repaired_byte_for_byte(built, tmp_path, cas
     rel = str(damaged.relative_to(run))
     where = [f"runs_dir={runs}", f"run={RUN}"]
 
-    status = run_cli("status", *where).stdout
+    shown = run_cli("status", *where, check=False)
+    assert shown.returncode == 1, shown.stderr[-2000:]  # status reports damage with a non-zero exit
+    status = shown.stdout
     assert "damaged" in status and rel in status, status
     line = next(line for line in status.splitlines() if rel in line)
     assert problem in line, line
@@ -122,9 +124,12 @@ def test_damage_is_named_refused_and_repaired_byte_for_byte(built, tmp_path, cas
     assert "1 damaged" in verify.stdout and "MB/s" in verify.stdout
 
     if "checkpoints" not in rel:  # nothing reads a damaged table: one line naming the file
-        query = run_cli("query", *where, "select count(*) from prompts", check=False)
+        table = rel.split("/")[1]
+        query = run_cli("query", *where, f"select count(*) from {table}", check=False)
         assert query.returncode == 2 and rel in query.stderr and "Traceback" not in query.stderr, query.stderr
         assert len(query.stderr.strip().splitlines()) == 1
+        healthy = "prompts" if table != "prompts" else "sft"  # the run's other tables still answer
+        assert run_cli("query", *where, f"select count(*) from {healthy}", check=False).returncode == 0
 
     build = run_cli("build", "round=2", *where)
     assert "damaged" in build.stderr and rel in build.stderr
