@@ -170,7 +170,7 @@ def commands_page() -> str:
 
 API_MODULES = [
     ("Recipe", ["alma_data.recipe", "alma_data.config"]),
-    ("Store", ["alma_data.store.run", "alma_data.store.files", "alma_data.store.shards", "alma_data.store.integrity"]),
+    ("Store", ["alma_data.store.layout", "alma_data.store.run", "alma_data.store.files", "alma_data.store.shards", "alma_data.store.integrity"]),
     ("Stages and the plan", ["alma_data.stage", "alma_data.plan", "alma_data.runner", "alma_data.round"]),
     ("Engines", ["alma_data.engines.base", "alma_data.engines.transformers_engine", "alma_data.engines.vllm_engine",
                  "alma_data.engines.openai_engine"]),
