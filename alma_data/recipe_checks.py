@@ -1,6 +1,6 @@
 """Every value of a recipe checked against what it must be, before anything is built.
 
-The dataclasses in :mod:`alma_data.config` check types; this checks ranges and how values
+The dataclasses in :mod:`alma_data.recipe` (read by :mod:`alma_data.config`) check types; this checks ranges and how values
 agree with each other and with the round a build goes to. A value that would fail late
 (a 0-row table three trainings in, a division by zero, 47 of 48 prompts held out) is
 refused here with its key, what it must be and why.
@@ -15,7 +15,7 @@ from alma_data.errors import RecipeError
 from alma_data import roles
 
 if TYPE_CHECKING:
-    from alma_data.config import Recipe
+    from alma_data.recipe import Recipe
 
 _Rule = tuple[str, Callable[[Any], bool], str]
 

@@ -7,7 +7,7 @@ import string
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from alma_data.config import Recipe
+    from alma_data.recipe import Recipe
 
 
 def m1_names(recipe: "Recipe") -> list[str]:

@@ -6,7 +6,25 @@
   0..10. It only *measures*: no stage of a build imports it (``tests/test_lab.py`` checks).
 - :mod:`alma_data.lab.seeds`: the seed SFT pairs and judge annotations (the oracle playing
   the human annotator), in the bundled seed format.
-- :mod:`alma_data.lab.base_model`: a tiny model pretrained from scratch on the domain's text.
+- :mod:`alma_data.lab.base_model`: a tiny model pretrained from scratch on the domain's text,
+  the embedded model ``lab-tiny`` (registered with :mod:`alma_data.models` on import).
 - :mod:`alma_data.lab.runner` and :mod:`alma_data.lab.measure`: ``alma-data lab``, sibling runs
   that share their upstream stages, measured by the oracle, with intervals over seeds.
 """
+
+from pathlib import Path
+
+from alma_data.models import register_embedded
+
+
+def _build_lab_tiny(out: Path) -> None:
+    from alma_data.lab.base_model import build_embedded  # torch and the pretraining: only when built
+
+    build_embedded(out)
+
+
+# The lab's model joins the embedded ones when the lab is imported (the command line's `lab`
+# command imports it, so `alma-data build recipe=lab` finds it too); the foundations below
+# never import the lab. Its folder in the cache is <cache>/models/lab-tiny, as before.
+register_embedded("lab-tiny", "a ~1M-weight llama pretrained here on the lab's domain (recipe=lab, minutes once)",
+                  _build_lab_tiny)

@@ -21,7 +21,7 @@ from alma_data.store.files import (MANIFEST, arrow_filesystem, cache_home, file_
                                    parse_location, write_json_atomic)
 
 if TYPE_CHECKING:
-    from alma_data.store.run import Store
+    from alma_data.store.layout import RunFiles
 
 
 def checkpoint_cache_dir(uri: str, manifest_hash: str) -> Path:
@@ -110,10 +110,10 @@ def check_local_checkpoint(folder: Path, what: str) -> None:
                          "round trains it again (alma-data build round=R run=NAME)")
 
 
-def download_table(store: "Store", round: int, table: str) -> list[Path]:
-    """Local copies of a table's shards, kept under the run's local folder by manifest hash
-    (a local run's shards are named where they lie)."""
-    files = store.shard_paths(round, table)
+def download_table(store: RunFiles, round: int, table: str, files: list[str]) -> list[Path]:
+    """Local copies of a table's shards (``files``, the checked shard paths of
+    :meth:`~alma_data.store.run.Store.shard_paths`), kept under the run's local folder by
+    manifest hash (a local run's shards are named where they lie)."""
     if not store.remote:
         return [Path(f) for f in files]
     m = store.manifest(round, table)

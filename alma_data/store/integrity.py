@@ -32,7 +32,7 @@ from alma_data.errors import StoreError
 from alma_data.store.files import DEFAULT_RUNS_DIR, MANIFEST, SHARD_RE, ManifestError, join
 
 if TYPE_CHECKING:
-    from alma_data.store.run import Store
+    from alma_data.store.layout import RunFiles
 
 # Modification times are compared to this many seconds: object stores keep whole seconds or
 # milliseconds, and a float's last digits may differ between the APIs that report them.
@@ -55,7 +55,7 @@ class DamageError(StoreError):
     """A table or checkpoint does not hold what its manifest recorded; nothing may read it."""
 
 
-def repair_command(store: Store) -> str:
+def repair_command(store: RunFiles) -> str:
     where = "" if str(store.loc.given).rstrip("/") == DEFAULT_RUNS_DIR else f" runs_dir={store.loc.given}"
     rounds = store.rounds_present() or [1]
     return f"alma-data build round={max(rounds)} run={store.run}{where}"
@@ -70,7 +70,7 @@ def describe(damage: list[Damage], limit: int = 5) -> str:
 _hashes: dict[tuple[str, int, float], str] = {}
 
 
-def _sha256(store: Store, path: str, progress=None) -> str:
+def _sha256(store: RunFiles, path: str, progress=None) -> str:
     import hashlib
 
     h = hashlib.sha256()
@@ -82,7 +82,7 @@ def _sha256(store: Store, path: str, progress=None) -> str:
     return h.hexdigest()
 
 
-def _changed_content(store: Store, path: str, entry: dict, sha: str | None) -> bool:
+def _changed_content(store: RunFiles, path: str, entry: dict, sha: str | None) -> bool:
     """For a file whose modification time moved: do its bytes differ from the recorded ones?"""
     if not sha:
         return False
@@ -92,7 +92,7 @@ def _changed_content(store: Store, path: str, entry: dict, sha: str | None) -> b
     return _hashes[key] != sha
 
 
-def _check_file(store: Store, path: str, entry: dict | None, recorded: dict, moved: list | None = None) -> str | None:
+def _check_file(store: RunFiles, path: str, entry: dict | None, recorded: dict, moved: list | None = None) -> str | None:
     """What is wrong with one listed file (None: nothing the cheap check sees). A file whose
     time moved but whose bytes are the recorded ones goes into ``moved``."""
     if entry is None:
@@ -109,7 +109,7 @@ def _check_file(store: Store, path: str, entry: dict | None, recorded: dict, mov
     return None
 
 
-def _footer_problem(store: Store, path: str, shard: dict) -> str | None:
+def _footer_problem(store: RunFiles, path: str, shard: dict) -> str | None:
     try:
         rows = _footer_rows(store, path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -117,12 +117,12 @@ def _footer_problem(store: Store, path: str, shard: dict) -> str | None:
     return f"{rows:,} rows where the manifest recorded {shard['rows']:,}" if rows != shard.get("rows") else None
 
 
-def _footer_rows(store: Store, path: str) -> int:
+def _footer_rows(store: RunFiles, path: str) -> int:
     with store.arrow_fs.open_input_file(path) as f:
         return pq.read_metadata(f).num_rows
 
 
-def check_table(store: Store, round: int, table: str, manifest: dict | None = None,
+def check_table(store: RunFiles, round: int, table: str, manifest: dict | None = None,
                 moved: list | None = None) -> list[Damage]:
     """The cheap check of a finished table (an unfinished one has nothing to check: []).
     Shards touched but unchanged (a copy that did not keep times) go into ``moved``."""
@@ -149,7 +149,7 @@ def check_table(store: Store, round: int, table: str, manifest: dict | None = No
     return damage
 
 
-def claim_damage(store: Store, folder: str, manifest: dict) -> list[Damage]:
+def claim_damage(store: RunFiles, folder: str, manifest: dict) -> list[Damage]:
     """What a table's manifest claims beyond each listed shard: its total is the sum of its
     shards' rows, every shard in the folder is listed (a stray one is never read, and a build
     moves it aside instead of adopting it), and a listed shard is a file, not a folder."""
@@ -172,7 +172,7 @@ def claim_damage(store: Store, folder: str, manifest: dict) -> list[Damage]:
 FLAGS = "_verify_damage.json"
 
 
-def flagged_by_verify(store: Store) -> dict[str, list]:
+def flagged_by_verify(store: RunFiles) -> dict[str, list]:
     """Files the last ``alma-data verify`` found damaged: url -> [size, mtime] they had then."""
     try:
         data = store.read_json_at(join(store.path, FLAGS))
@@ -187,7 +187,7 @@ def _still_flagged(flagged: dict, url: str, entry: dict | None) -> bool:
     return bool(seen and entry and entry["size"] == seen[0] and entry["mtime"] == seen[1])
 
 
-def record_verify(store: Store, damage: list[Damage]) -> None:
+def record_verify(store: RunFiles, damage: list[Damage]) -> None:
     """Keep what verify found, so the build it names treats exactly that as not done."""
     path = join(store.path, FLAGS)
     hashed = [d for d in damage if "sha256" in d.problem]
@@ -205,7 +205,7 @@ def record_verify(store: Store, damage: list[Damage]) -> None:
     store.write_json_at(path, flags)
 
 
-def require_checkpoint_hashed(store: Store, round: int, name: str) -> None:
+def require_checkpoint_hashed(store: RunFiles, round: int, name: str) -> None:
     """Before a command loads a checkpoint for use (judge, eval, training): every file's sha256
     against its manifest, so a damaged model never answers or scores."""
     key = ("checkpoint-hashed", store.where(), round, name)
@@ -227,14 +227,14 @@ def require_checkpoint_hashed(store: Store, round: int, name: str) -> None:
     store.intact.add(key)
 
 
-def _hash_once(store: Store, path: str, entry: dict) -> str:
+def _hash_once(store: RunFiles, path: str, entry: dict) -> str:
     key = (path, entry["size"], entry["mtime"])
     if key not in _hashes:
         _hashes[key] = _sha256(store, path)
     return _hashes[key]
 
 
-def check_checkpoint(store: Store, round: int, name: str) -> list[Damage]:
+def check_checkpoint(store: RunFiles, round: int, name: str) -> list[Damage]:
     """The cheap check of a finished checkpoint: its files there, with their recorded sizes."""
     folder = store.checkpoint_path(round, name)
     try:
@@ -253,7 +253,7 @@ def check_checkpoint(store: Store, round: int, name: str) -> list[Damage]:
     return damage
 
 
-def require_table(store: Store, round: int, table: str, manifest: dict) -> None:
+def require_table(store: RunFiles, round: int, table: str, manifest: dict) -> None:
     """Raise :class:`DamageError` unless the table passes the cheap check (once per process
     for a given manifest: the build that checked a table reads it many times)."""
     key = ("table", store.where(), round, table, manifest.get("hash"), manifest.get("finished"))
@@ -267,7 +267,7 @@ def require_table(store: Store, round: int, table: str, manifest: dict) -> None:
 
 
 # -- repair ------------------------------------------------------------------------------------
-def restamp_table(store: Store, round: int, table: str, moved: list[tuple[str, float]]) -> None:
+def restamp_table(store: RunFiles, round: int, table: str, moved: list[tuple[str, float]]) -> None:
     """Record the new times of shards found unchanged by their hash (a run copied without its
     files' times), so later reads need not hash them again. Only a build does this: it holds
     the run's lock, and a manifest's hash does not cover the times."""
@@ -279,7 +279,7 @@ def restamp_table(store: Store, round: int, table: str, moved: list[tuple[str, f
     store.write_json_at(join(store.table_path(round, table), MANIFEST), manifest)
 
 
-def quarantine_table(store: Store, round: int, table: str, damage: list[Damage]) -> None:
+def quarantine_table(store: RunFiles, round: int, table: str, damage: list[Damage]) -> None:
     """Remove what the stage must write again: the damaged shards and the manifest (so the
     stage runs and resumes from the intact shards), or, when the manifest itself is
     unreadable, every shard (nothing vouches for them any more)."""
@@ -299,7 +299,7 @@ def quarantine_table(store: Store, round: int, table: str, damage: list[Damage])
         store.fs.rm_file(join(folder, MANIFEST))
 
 
-def move_aside(store: Store, round: int, table: str, name: str) -> str:
+def move_aside(store: RunFiles, round: int, table: str, name: str) -> str:
     """Move a file (or folder) out of a table's folder into ``<run>/quarantine/``, where no
     reader looks: what a build found damaged or stray is kept for a person to look at, never
     adopted and never silently deleted. On an object store it is removed."""
@@ -316,7 +316,7 @@ def move_aside(store: Store, round: int, table: str, name: str) -> str:
     return dest
 
 
-def quarantine_checkpoint(store: Store, round: int, name: str) -> None:
+def quarantine_checkpoint(store: RunFiles, round: int, name: str) -> None:
     """A damaged checkpoint is trained again: without its manifest it is not finished, and
     committing the new one replaces the whole folder."""
     path = join(store.checkpoint_path(round, name), MANIFEST)
@@ -347,14 +347,14 @@ class VerifyReport:
                 f"{self.bytes / 1e6:,.1f} MB in {self.seconds:.1f}s ({self.mb_per_s:,.0f} MB/s): {state}{extra}")
 
 
-def _manifest_paths(store: Store) -> tuple[list[str], list[str]]:
+def _manifest_paths(store: RunFiles) -> tuple[list[str], list[str]]:
     root = store.path
     tables = [p for p in store.fs.glob(join(root, "round=*", "*", MANIFEST)) if p.rstrip("/").split("/")[-2] != "checkpoints"]
     checkpoints = store.fs.glob(join(root, "round=*", "checkpoints", "*", MANIFEST))
     return sorted(tables), sorted(checkpoints)
 
 
-def missing_inputs(store: Store, manifest: dict) -> list[Damage]:
+def missing_inputs(store: RunFiles, manifest: dict) -> list[Damage]:
     """A finished table or checkpoint was built from tables that must still have their
     manifests: one that lost it is damage (its rows vanish from every query otherwise)."""
     import re
@@ -372,7 +372,7 @@ def missing_inputs(store: Store, manifest: dict) -> list[Damage]:
     return damage
 
 
-def verify_run(store: Store, threads: int = 4, progress: bool = True) -> VerifyReport:
+def verify_run(store: RunFiles, threads: int = 4, progress: bool = True) -> VerifyReport:
     """sha256 of every file every finished table and checkpoint of the run lists, against
     the manifest (a missing file, a wrong size or an unreadable manifest is damage too)."""
     from tqdm.auto import tqdm

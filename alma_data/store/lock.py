@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Iterator
 from alma_data.errors import StoreError
 
 if TYPE_CHECKING:
-    from alma_data.store.run import Store
+    from alma_data.store.layout import RunFiles
 
 
 @contextmanager
-def build_lock(store: "Store") -> Iterator[None]:
+def build_lock(store: RunFiles) -> Iterator[None]:
     """Held while a build writes the run, so a second build of the same run on this machine
     stops with a message instead of writing over the first. (For a run in an object store
     the lock is in this machine's cache: builds from two machines are not kept apart.)"""

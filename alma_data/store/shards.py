@@ -25,7 +25,7 @@ from alma_data.store.files import (MANIFEST, PROGRESS, SHARD_RE, STATE, Manifest
                                    parse_location, stream_sha256)
 
 if TYPE_CHECKING:
-    from alma_data.store.run import Store, TableRef
+    from alma_data.store.layout import RunFiles, TableRef
 
 
 def write_shard_file(arrow_fs, dir: str, index: int, rows: pa.Table | list[dict[str, Any]],
@@ -76,7 +76,7 @@ class ShardSink:
 class TableWriter:
     """Writes one table shard by shard; resumable; finished by its manifest."""
 
-    def __init__(self, store: Store, round: int, table: str, *, config_hash: str, schema: pa.Schema,
+    def __init__(self, store: RunFiles, round: int, table: str, *, config_hash: str, schema: pa.Schema,
                  inputs: list[TableRef], meta: dict[str, Any]):
         self.store = store
         self.round = round
@@ -172,11 +172,11 @@ class TableWriter:
         return manifest
 
 
-def write_table(store: Store, round: int, table: str, rows: pa.Table | list[dict[str, Any]], *,
+def write_table(store: RunFiles, round: int, table: str, rows: pa.Table | list[dict[str, Any]], *,
                 config_hash: str, schema: pa.Schema, inputs: Iterable[TableRef] = (),
                 shard_rows: int = 100_000, **extra: Any) -> dict[str, Any]:
     """Write a small table in one go (seed tables, summaries)."""
-    writer = store.writer(round, table, config_hash=config_hash, schema=schema, inputs=inputs)
+    writer = TableWriter(store, round, table, config_hash=config_hash, schema=schema, inputs=list(inputs), meta={})
     table_ = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
     for i, start in enumerate(range(0, table_.num_rows, shard_rows)):
         writer.write_shard(i, table_.slice(start, shard_rows))

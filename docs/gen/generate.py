@@ -1,5 +1,5 @@
 """Pages of the site generated from the code at build time (mkdocs-gen-files), so they cannot
-drift: every recipe key from the recipe dataclasses and their field docs (alma_data/config.py),
+drift: every recipe key from the recipe dataclasses and their field docs (alma_data/recipe.py),
 every table and its columns from the schemas the stages write with, every command's --help.
 
 Also runnable by hand: ``python docs/gen/generate.py OUT_DIR`` writes the same pages there.
@@ -102,7 +102,7 @@ def recipe_keys_page() -> str:
 
     bundled = {name: load_recipe(name) for name in available_recipes()}
     lines = ["# Recipe keys", "",
-             "Every key of a recipe, generated from the recipe dataclasses in `alma_data/config.py` and their "
+             "Every key of a recipe, generated from the recipe dataclasses in `alma_data/recipe.py` and their "
              "field docs. Set any of them in a recipe's YAML or on the command line as `key=value` (dotted, "
              "values are YAML and type-checked). Defaults are the dataclasses'; a bundled recipe sets its own "
              "(`pipelines/*.yaml`, the columns on the right). Keys marked *execution* change where or how fast "
@@ -169,8 +169,8 @@ def commands_page() -> str:
 
 
 API_MODULES = [
-    ("Recipe", ["alma_data.config"]),
-    ("Store", ["alma_data.store.run", "alma_data.store.files", "alma_data.store.shards", "alma_data.store.integrity"]),
+    ("Recipe", ["alma_data.recipe", "alma_data.config"]),
+    ("Store", ["alma_data.store.layout", "alma_data.store.run", "alma_data.store.files", "alma_data.store.shards", "alma_data.store.integrity"]),
     ("Stages and the plan", ["alma_data.stage", "alma_data.plan", "alma_data.runner", "alma_data.round"]),
     ("Engines", ["alma_data.engines.base", "alma_data.engines.transformers_engine", "alma_data.engines.vllm_engine",
                  "alma_data.engines.openai_engine"]),
