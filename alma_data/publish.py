@@ -54,12 +54,6 @@ def export(store: Store, out: Path, repo: str, *, rounds: list[int] | None = Non
     ``overwrite``; the folder is written beside ``out`` and renamed into place when whole."""
     from alma_data.outputs import atomic_folder, check_output
 
-    own = store.local_root / "export"
-    mine = not store.remote and Path(out).expanduser().absolute().is_relative_to(own)
-    if mine:
-        own.mkdir(exist_ok=True)  # the run's own export folder, made on its first export
-    out = check_output(out, flag="to=", runs_dir=store.runs_dir, folder=True, overwrite=overwrite or mine,
-                       allow_in=own)
     info = store.read_run()
     available = store.done_tables()
     wanted = list(splits or [s for s in SPLITS if s in available]) + (list(RAW) if raw else [])
@@ -70,7 +64,12 @@ def export(store: Store, out: Path, repo: str, *, rounds: list[int] | None = Non
     if missing:
         raise PublishError(f"run {store.run!r} has no finished {', '.join(missing)} table; build further "
                            f"(alma-data status run={store.run}) or leave it out with splits=...")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    own = store.local_root / "export"  # the default folder, the tool's own: replaced as a whole
+    mine = Path(out).expanduser().absolute().is_relative_to(own)
+    if mine:
+        own.mkdir(parents=True, exist_ok=True)
+    out = check_output(out, flag="to=", runs_dir=store.runs_dir, folder=True, overwrite=overwrite or mine,
+                       allow_in=own)
     with atomic_folder(out) as tmp:
         return _fill(store, tmp, repo, info, available, wanted, rounds, license)
 
