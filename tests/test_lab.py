@@ -39,6 +39,29 @@ def test_oracle_scores_each_fault_below_the_correct_answer():
     assert oracle.parse("Say moon 3 times. Answer in uppercase. Answer in lowercase.") is None
 
 
+def test_the_task_is_judged_on_the_items_whatever_separator_and_the_separator_by_its_modifier():
+    """The rubric's rule (lab-judge-00026-4): the task weighs 6 and each modifier 1.5, and the
+    items are read at any separator, so a wrong separator costs its 1.5 and nothing more."""
+    sort = oracle.parse("Put these numbers in decreasing order: 22 27 21 4 6. Use commas between the items.")
+    assert sort == domain.Spec("sort", numbers=(22, 27, 21, 4, 6), descending=True, sep="comma")
+    assert oracle.score(sort, "27, 22, 21, 6, 4") == 10.0
+    for other_separator in ("27\n22\n21\n6\n4", "27 22 21 6 4", "27,\n22,\n21,\n6,\n4", "27, 22\n21, 6, 4"):
+        assert oracle.score(sort, other_separator) == 8.0, other_separator  # 10 * 6 / 7.5
+    # Its neighbours: a wrong item order or a dropped item costs the same under either separator.
+    for faulty in ("27, 22, 6, 21, 4", "27, 22, 21, 6"):
+        assert oracle.score(sort, faulty.replace(", ", "\n")) == oracle.score(sort, faulty) - 2.0, faulty
+    lines = oracle.parse("Name three colors. Write one per line.")
+    assert oracle.score(lines, "red\nblue\ngreen") == 10.0
+    assert oracle.score(lines, "red, blue, green") == oracle.score(lines, "red blue green") == 8.0
+    both = oracle.parse("Say moon three times. Answer in uppercase. Separate them with commas.")
+    assert oracle.score(both, "MOON, MOON, MOON") == 10.0
+    assert oracle.score(both, "MOON\nMOON\nMOON") == round(10 * 7.5 / 9, 2)  # separator 0, case 1.5, task 6
+    assert oracle.score(both, "moon\nmoon\nmoon") == round(10 * 6 / 9, 2)
+    annotation = next(json.loads(l) for l in (ROOT / "data" / "seed" / "lab_judge.jsonl").read_text().splitlines()
+                      if json.loads(l)["id"] == "lab-judge-00026-4")
+    assert annotation["response"] == "27\n22\n21\n6\n4" and annotation["score"] == 8
+
+
 def test_bundled_lab_seeds_are_what_the_generator_writes_at_the_paper_ratio():
     from alma_data.lab.seeds import BUNDLED_SFT, seed_rows
 

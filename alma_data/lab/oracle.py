@@ -4,7 +4,10 @@ It reads the instruction back from the prompt's text (:func:`parse`; ``None`` fo
 outside the domain's language) and scores an answer against every requirement
 (:func:`score`). The rubric: the task itself weighs 6, each modifier 1.5, and the score is
 the weighted share of what was met, times 10. Partial credit inside the task: a right
-count with wrong items is worth half, and so on (``_task_credit``).
+count with wrong items is worth half, and so on (``_task_credit``). The task is judged on the
+answer's items split at any separator (comma, line break, space), so the separator the prompt
+asked for counts once, as its modifier: the right numbers in the right order one per line
+where commas were asked score 8 (task 6 of 6, separator 0 of 1.5), not 0.
 
 The oracle *measures* only: the held-out answers of each round, the judge's agreement
 with it, the best-of-n picks. No stage of a build imports this module
@@ -95,14 +98,11 @@ def parse(prompt: str) -> Spec | None:
     return replace(spec, **fields)
 
 
-def _items(answer: str, spec: Spec) -> list[str]:
-    """The answer's items, split the way the spec asks, trimmed of punctuation."""
-    if spec.sep == "newline":
-        raw = answer.split("\n")
-    elif spec.sep == "comma":
-        raw = answer.split(",")
-    else:
-        raw = re.split(r"[,\s]+", answer)
+def _items(answer: str) -> list[str]:
+    """The answer's items, trimmed of punctuation, split at any of the domain's separators
+    (commas, line breaks, spaces) whatever separator the prompt asked for: the task is judged
+    on the items alone, and the separator only by its own modifier (``checks``)."""
+    raw = re.split(r"[,\s]+", answer)
     return [t for t in (r.strip().strip(".!?;:\"'").strip() for r in raw) if t]
 
 
@@ -142,7 +142,7 @@ def _task_credit(spec: Spec, items: list[str]) -> float:
 def checks(spec: Spec, answer: str) -> list[tuple[str, float, float]]:
     """(requirement, weight, credit 0..1) for each requirement of the spec."""
     text = answer.strip()
-    items = _items(text, spec)
+    items = _items(text)
     out = []
     if spec.end:
         last = bool(items) and items[-1].lower() == spec.end
