@@ -177,3 +177,16 @@ def test_lab_smoke_run(tmp_path, monkeypatch):
     assert {c["verdict"] for c in result["comparisons"]} <= {"held", "did not hold", "could not be told apart",
                                                              "could not be measured", "not run at this size"}
     assert json.loads((tmp_path / "lab.json").read_text())["size"] == "smoke"
+
+
+def test_lab_command_takes_its_seeds_as_a_key(tmp_path):
+    """``alma-data lab seeds=A,B,C`` reruns the lab on other seeds (here one, at the smoke size);
+    seeds that are not integers get one line and a non-zero exit."""
+    from conftest import run_cli
+
+    bad = run_cli("lab", "size=smoke", "seeds=1,x", f"runs_dir={tmp_path}", check=False)
+    assert bad.returncode != 0 and "seeds must be integers" in bad.stderr and "Traceback" not in bad.stderr
+    run_cli("lab", "size=smoke", "seeds=7", f"runs_dir={tmp_path}")
+    result = json.loads((tmp_path / "lab.json").read_text())
+    assert result["seeds"] == [7] and (tmp_path / "lab-s7").is_dir() and not (tmp_path / "lab-s0").exists()
+    assert len(result["figures"]["rounds/M1 held-out"]["per_seed"]) == 1
