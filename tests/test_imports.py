@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "alma_data", ROOT / "training"]
 LAB = "alma_data.lab"
 # The command line sits above every floor: its `lab` command is where the lab is reached.
-MAY_IMPORT_LAB = {"alma_data.cli.lab", "alma_data.cli"}  # cli.py until it is split into a package
+MAY_IMPORT_LAB = {"alma_data.cli.lab"}
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
