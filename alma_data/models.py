@@ -118,6 +118,24 @@ def register_embedded(name: str, description: str, build: Callable[[Path], None]
     and :func:`materialize` keeps it in the cache as ``<cache>/models/<name>``."""
     EMBEDDED[name] = Embedded(name, description, build)
 
+
+def _load_registered() -> None:
+    """Packages name their models under the ``alma_data.embedded_models`` entry points (the lab's
+    ``lab-tiny`` among them, in pyproject.toml): loading one runs its module's
+    :func:`register_embedded`, so a recipe naming it resolves in any process, a Ray worker or a
+    Python session included, while nothing here imports the lab."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="alma_data.embedded_models"):
+        if ep.name not in EMBEDDED:
+            try:
+                ep.load()
+            except ImportError:  # a broken plugin must not break the embedded models
+                continue
+
+
+_load_registered()
+
 _RUN_REF = re.compile(r"^run:(?:(?P<run>[^/]+)/)?round=?(?P<round>\d+)/(?P<name>[\w.-]+)$")
 
 
