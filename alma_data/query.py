@@ -225,12 +225,27 @@ def stopped_by_signals(con) -> Iterator[None]:
         reader.close()
 
 
+def _write_rows(rel, fmt: str, out) -> None:
+    """A result as CSV or JSON into an open text stream (the terminal or a file). The whole
+    result is fetched first, so a query that fails writes nothing (a device or pipe as ``--out``
+    is written in place, with no temporary name to protect it)."""
+    import csv
+    import json
+
+    rows = rel.fetchall()
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(rel.columns)
+        writer.writerows(rows)
+    else:
+        json.dump([dict(zip(rel.columns, r)) for r in rows], out, indent=2, default=str)
+        out.write("\n")
+
+
 def write_result(rel, args) -> None:
     """The result of a query on the terminal or in ``--out``: written here, never by DuckDB,
     whose connection may not open files. A file goes through a temporary name, so a query that
     fails half way leaves an existing ``--out`` as it was."""
-    import csv
-    import json
     import sys
 
     from alma_data.outputs import atomic_file, atomic_path
@@ -244,26 +259,14 @@ def write_result(rel, args) -> None:
             with pq.ParquetWriter(str(tmp), reader.schema, compression="zstd") as writer:
                 for batch in reader:
                     writer.write_batch(batch)
-        return
-    if not args.out:
+    elif not args.out:
         if fmt == "table":
             rel.show(max_width=200, max_rows=args.max_rows)
-        elif fmt == "csv":
-            writer = csv.writer(sys.stdout)
-            writer.writerow(rel.columns)
-            writer.writerows(rel.fetchall())
-        elif fmt == "json":
-            json.dump([dict(zip(rel.columns, r)) for r in rel.fetchall()], sys.stdout, indent=2, default=str)
-            sys.stdout.write("\n")
-        return
-    rows = None if fmt == "table" else rel.fetchall()  # the whole result first: a failure writes nothing
-    with atomic_file(args.out, "w", newline="") as out:
-        if fmt == "table":
-            out.write(str(rel))
-        elif fmt == "csv":
-            writer = csv.writer(out)
-            writer.writerow(rel.columns)
-            writer.writerows(rows)
-        elif fmt == "json":
-            json.dump([dict(zip(rel.columns, r)) for r in rows], out, indent=2, default=str)
-            out.write("\n")
+        else:
+            _write_rows(rel, fmt, sys.stdout)
+    else:
+        with atomic_file(args.out, "w", newline="") as out:
+            if fmt == "table":
+                out.write(str(rel))
+            else:
+                _write_rows(rel, fmt, out)
