@@ -108,9 +108,9 @@ EMBEDDED: dict[str, Embedded] = {
     "tiny-random": Embedded("tiny-random", "a randomly initialised 2-layer llama (a few MB) for tests",
                             _tiny_random),
 }
-"""The embedded models by name: this module's own, and those a part above registers
-(:func:`register_embedded`; the lab's ``lab-tiny`` when :mod:`alma_data.lab` is imported,
-which the command line does)."""
+"""The embedded models by name: this module's own, and those a package registers
+(:func:`register_embedded`, run when :func:`_load_registered` loads its
+``alma_data.embedded_models`` entry point: the lab's ``lab-tiny``)."""
 
 
 def register_embedded(name: str, description: str, build: Callable[[Path], None]) -> None:
