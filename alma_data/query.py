@@ -118,6 +118,27 @@ def damaged_table_named(sql: str, damaged: dict[str, str]) -> str | None:
     return None
 
 
+def tables_named(sql: str, tables: dict[str, list[int]]) -> list[tuple[int, str]]:
+    """(round, table) of every finished table the SQL names; every table when it names none."""
+    named = [t for t in tables if re.search(rf"(?<![\w.]){re.escape(t)}(?!\w)", sql, flags=re.IGNORECASE)]
+    return [(r, t) for t in (named or list(tables)) for r in tables[t]]
+
+
+def unreadable_shards(store: Store, sql: str, exc: BaseException):
+    """A query failed while reading: hash the shards of the tables it names, and if one is not
+    what its manifest recorded (bytes changed with the size and time kept, which only hashing
+    sees), the error that names it and its repair; None when every shard is intact (the query's
+    own error is then the user's to read)."""
+    from alma_data.store.integrity import DamageError, describe, hash_tables, repair_command
+
+    damage = hash_tables(store, tables_named(sql, store.done_tables()))
+    if not damage:
+        return None
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DamageError(f"the query could not read the run's data ({first[:160]}): {describe(damage)}; "
+                       f"repair: {repair_command(store)} (writes just that again; other tables still answer)")
+
+
 @contextmanager
 def read_only_connection(store: Store, damaged: dict[str, str] | None = None) -> Iterator:
     """A DuckDB connection with one view per finished table over all rounds, that opens no

@@ -211,6 +211,27 @@ def test_what_verify_flags_the_next_build_repairs_byte_for_byte(runs, tiny_run):
     assert verify(runs).returncode == 0
 
 
+def test_a_query_that_meets_changed_bytes_names_the_shard(runs):
+    """Bytes changed with the size and time kept pass the cheap check; the query that cannot
+    read them hashes the tables it names, names the shard and the repair, and records it as
+    verify would, so status then calls the table damaged and the build redoes it."""
+    target = max((runs / RUN / "round=2/responses").glob("part-*.parquet"), key=lambda p: p.stat().st_size)
+    st = target.stat()
+    data = bytearray(target.read_bytes())
+    data[64:128] = bytes(b ^ 0xA5 for b in data[64:128])  # the first column's pages (the footer holds)
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    bad = run_cli("query", f"runs_dir={runs}", f"run={RUN}",
+                  "select * from responses", check=False)
+    assert bad.returncode != 0
+    line = one_line(bad)
+    assert f"round=2/responses/{target.name}" in line and "sha256" in line and "alma-data build" in line
+    status = run_cli("status", f"runs_dir={runs}", f"run={RUN}", check=False)
+    assert status.returncode == 1 and target.name in status.stdout + status.stderr
+    good = run_cli("query", f"runs_dir={runs}", f"run={RUN}", "select count(*) from prompts", "--format", "csv")
+    assert good.stdout.splitlines()[0] == "count_star()"
+
+
 # -- 3. every value checked before anything is written ------------------------------------------
 @pytest.mark.parametrize("args, says", [
     (["responses.n=99999999999999999999999"], "responses.n"),

@@ -23,10 +23,11 @@ def add(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import duckdb
+    import pyarrow as pa
 
     from alma_data.outputs import check_output
     from alma_data.query import (check_statements, damaged_table_named, explain_refusal, read_only_connection,
-                                 stopped_by_signals, write_result)
+                                 stopped_by_signals, unreadable_shards, write_result)
     from alma_data.store.integrity import DamageError
 
     special, _, rest = split_assignments(args.assignments, {"run", "runs_dir"})
@@ -56,9 +57,15 @@ def run(args: argparse.Namespace) -> int:
             rel = con.sql(sql)
             if rel is not None:
                 write_result(rel, args)
-        except duckdb.Error as exc:
-            refusal = explain_refusal(exc)
+        except (duckdb.Error, pa.ArrowException, OSError) as exc:
+            refusal = explain_refusal(exc) if isinstance(exc, duckdb.Error) else None
             if refusal is not None:
                 raise refusal from None
+            # A shard whose bytes changed (size and time kept) fails only when it is read:
+            # name it, and record it as verify would, so the repair redoes exactly that.
+            # (An OSError with an errno is the system's, writing --out: not the data's.)
+            damage = None if getattr(exc, "errno", None) else unreadable_shards(store, sql, exc)
+            if damage is not None:
+                raise damage from None
             raise
     return 0

@@ -141,7 +141,8 @@ def check_table(store: RunFiles, round: int, table: str, manifest: dict | None =
         path = join(folder, shard["file"])
         problem = _check_file(store, path, entries.get(shard["file"]), shard, moved)
         if problem is None and _still_flagged(flagged, store.url(path), entries.get(shard["file"])):
-            problem = "alma-data verify found its sha256 differs from the one the manifest recorded"
+            problem = ("hashing (alma-data verify, or a query that could not read it) found its sha256 differs "
+                       "from the one the manifest recorded")
         if problem is None:
             problem = _footer_problem(store, path, shard)
         if problem:
@@ -187,15 +188,17 @@ def _still_flagged(flagged: dict, url: str, entry: dict | None) -> bool:
     return bool(seen and entry and entry["size"] == seen[0] and entry["mtime"] == seen[1])
 
 
-def record_verify(store: RunFiles, damage: list[Damage]) -> None:
-    """Keep what verify found, so the build it names treats exactly that as not done."""
+def record_verify(store: RunFiles, damage: list[Damage], keep: bool = False) -> None:
+    """Keep what verify found, so the build it names treats exactly that as not done.
+    ``keep``: add to what an earlier verify recorded (a check of some tables only) instead of
+    replacing it (``alma-data verify``, which hashed everything)."""
     path = join(store.path, FLAGS)
     hashed = [d for d in damage if "sha256" in d.problem]
     if not hashed:
-        if store.isfile(path):
+        if store.isfile(path) and not keep:
             store.fs.rm_file(path)
         return
-    flags = {}
+    flags = dict(flagged_by_verify(store)) if keep else {}
     for d in hashed:
         folder, name = d.where.rsplit("/", 1)
         bare = folder.split("://", 1)[1] if store.remote else folder
@@ -441,3 +444,33 @@ def verify_run(store: RunFiles, threads: int = 4, progress: bool = True) -> Veri
     report.damage = [d for d in sorted(set(report.damage), key=lambda d: (d.where, d.problem))
                      if not (d.problem.startswith("missing, though") and (d.where in seen or seen.add(d.where)))]
     return report
+
+
+def hash_tables(store: RunFiles, tables: list[tuple[int, str]]) -> list[Damage]:
+    """sha256 of every shard the manifests of ``tables`` ((round, table) pairs) list: what a
+    query that could not read a table runs to name the shard at fault (bytes changed with the
+    size and time kept, which the cheap check cannot see). What it finds is recorded as
+    ``alma-data verify`` records it, so the repair it names redoes exactly that."""
+    damage: list[Damage] = []
+    for round, table in tables:
+        damage += check_table(store, round, table)
+        try:
+            manifest = store.manifest(round, table)
+        except ManifestError:
+            continue
+        folder = store.table_path(round, table)
+        entries = store.entries(folder)
+        for shard in (manifest or {}).get("shards", []):
+            path = join(folder, shard["file"])
+            if not (shard.get("sha256") and shard["file"] in entries):
+                continue
+            try:
+                same = _sha256(store, path) == shard["sha256"]
+            except OSError as exc:
+                damage.append(Damage(store.url(path), f"could not be read ({exc})"))
+                continue
+            if not same:
+                damage.append(Damage(store.url(path), "sha256 differs from the one the manifest recorded"))
+    damage = sorted(set(damage), key=lambda d: (d.where, d.problem))
+    record_verify(store, damage, keep=True)
+    return damage
