@@ -144,6 +144,8 @@ CLAIMS = {
                       "does not list"),
     "a table lost its manifest": (lambda runs: (runs / RUN / "round=1/sft/_manifest.json").unlink(),
                                   "was built from it"),
+    "a checkpoint lost its manifest": (lambda runs: (runs / RUN / "round=1/checkpoints/judge/_manifest.json").unlink(),
+                                       "was made with it"),
 }
 
 
@@ -155,7 +157,7 @@ def test_verify_and_status_find_a_false_claim(runs, case):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert problem in proc.stdout, proc.stdout
     assert "repair: alma-data build" in proc.stdout
-    if case != "a table lost its manifest":  # a table without its manifest is simply not built, for status
+    if not case.endswith("lost its manifest"):  # without its manifest it is simply not built, for status
         status = run_cli("status", f"runs_dir={runs}", f"run={RUN}", check=False)
         assert status.returncode == 1 and problem in status.stdout, status.stdout
 

@@ -375,6 +375,38 @@ def missing_inputs(store: RunFiles, manifest: dict) -> list[Damage]:
     return damage
 
 
+def _checkpoints_used(manifest: dict) -> set[tuple[int, str]]:
+    """(round, name) of every checkpoint of the run a manifest says it was made with: the
+    judge of judgments (``judge``: ``round=1/judge``), a judge evaluation's checkpoint, the
+    checkpoints responses were sampled from, the checkpoint a training started from."""
+    import re
+
+    found: set[tuple[int, str]] = set()
+    values = [manifest.get("judge_checkpoint"), manifest.get("started_from"),
+              *((manifest.get("checkpoints") or {}).values() if isinstance(manifest.get("checkpoints"), dict) else [])]
+    for v in values:
+        if isinstance(v, str) and (m := re.search(r"round=(\d+)/checkpoints/([\w.-]+)/?$", v)):
+            found.add((int(m.group(1)), m.group(2)))
+    judge = manifest.get("judge")
+    if isinstance(judge, str) and (m := re.fullmatch(r"round=(\d+)/([\w.-]+)", judge)):
+        found.add((int(m.group(1)), m.group(2)))
+    return found
+
+
+def missing_checkpoints(store: RunFiles, manifest: dict) -> list[Damage]:
+    """A checkpoint a finished table or checkpoint was made with must still have its manifest
+    (without it the checkpoint is unfinished to every command, and what was made with it
+    stands on nothing)."""
+    damage = []
+    for round, name in sorted(_checkpoints_used(manifest)):
+        folder = join(store.path, f"round={round}", "checkpoints", name)
+        if not store.isfile(join(folder, MANIFEST)):
+            what = manifest.get("table") or manifest.get("checkpoint") or "a later stage"
+            damage.append(Damage(store.url(join(folder, MANIFEST)),
+                                 f"missing, though {what} of round {manifest.get('round', '?')} was made with it"))
+    return damage
+
+
 def verify_run(store: RunFiles, threads: int = 4, progress: bool = True) -> VerifyReport:
     """sha256 of every file every finished table and checkpoint of the run lists, against
     the manifest (a missing file, a wrong size or an unreadable manifest is damage too)."""
@@ -392,7 +424,7 @@ def verify_run(store: RunFiles, threads: int = 4, progress: bool = True) -> Veri
             except ManifestError as exc:
                 report.damage.append(Damage(store.url(exc.path), exc.problem))
                 continue
-            report.damage += missing_inputs(store, manifest)
+            report.damage += missing_inputs(store, manifest) + missing_checkpoints(store, manifest)
             if kind == "table":
                 report.tables += 1
                 listed, entries = manifest["shards"], store.entries(folder)
