@@ -324,6 +324,22 @@ def _write_whole(path: Path, text: str) -> None:
         f.write(text)
 
 
+STAGES_TITLE = "Stages: time and each stage's own peak memory"
+STAGES_CAPTION = ("Each stage as the last build that ran it recorded it in builds.jsonl: its seconds, the peak "
+                  "resident memory of the build's process during that stage alone, and the summed peak of the "
+                  "processes it started (a launched training), MiB.")
+
+
+def stage_table(store: Store) -> tuple[list[str], list[tuple]]:
+    """The report's table of stages, from ``builds.jsonl`` (empty for a run built before it)."""
+    from alma_data.status import last_runs
+
+    cols = ["round", "stage", "seconds", "peak_memory_mib", "children_peak_memory_mib"]
+    rows = [(r, name, rec.get("seconds"), rec.get("peak_memory_mib"), rec.get("children_peak_memory_mib") or "")
+            for (r, name), rec in last_runs(store).items()]
+    return cols, sorted(rows, key=lambda row: row[0])
+
+
 def _write_markdown(store: Store, out: Path, figures: list[Figure]) -> None:
     info = store.read_run()
     lines = [f"# alma-data report: run {store.run}", "",
@@ -333,6 +349,12 @@ def _write_markdown(store: Store, out: Path, figures: list[Figure]) -> None:
         lines += [f"## {f.title}", "", f.caption, "", f"![{f.title}]({f.name}.png)", "",
                   "| " + " | ".join(f.columns) + " |", "|" + "---|" * len(f.columns)]
         lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in f.rows[:40]]
+        lines.append("")
+    cols, rows = stage_table(store)
+    if rows:
+        lines += [f"## {STAGES_TITLE}", "", STAGES_CAPTION, "",
+                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
         lines.append("")
     _write_whole(out / "report.md", "\n".join(lines))
 
@@ -351,6 +373,12 @@ def _write_html(store: Store, out: Path, figures: list[Figure]) -> None:
                   f"<img src='{f.name}.png' alt='{html.escape(f.title)}'>",
                   "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in f.columns) + "</tr>"]
         parts += ["<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in f.rows[:40]]
+        parts.append("</table>")
+    cols, rows = stage_table(store)
+    if rows:
+        parts += [f"<h2>{html.escape(STAGES_TITLE)}</h2><p>{html.escape(STAGES_CAPTION)}</p>",
+                  "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"]
+        parts += ["<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows]
         parts.append("</table>")
     parts.append("</body></html>")
     _write_whole(out / "report.html", "\n".join(parts))

@@ -63,7 +63,17 @@ def _record_build(ctx: Context, target_round: int, t0: float, seconds: float, pe
     """Append this build's timings to ``<run>/builds.jsonl``."""
     record = {"started": t0, "target_round": target_round, "seconds": round(seconds, 1),
               "peak_memory_mib": round(peak_mib), "stages": ctx.records}
+    children = max((r.get("children_peak_memory_mib") or 0 for r in ctx.records), default=0)
+    if children:
+        record["children_peak_memory_mib"] = children
     ctx.store.append_jsonl("builds.jsonl", record)
+
+
+def build_peak_mib(ctx: Context) -> float:
+    """The build's peak: the largest of its stages' own peaks (each stage resets the kernel's
+    high-water mark, which ``ru_maxrss`` reads too, so ``ru_maxrss`` alone is the last stage's)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return max([own] + [r.get("peak_memory_mib") or 0 for r in ctx.records])
 
 
 def _per_round(ctx: Context) -> str:
@@ -113,7 +123,7 @@ def _build(recipe: Recipe, store: Store, target_round: int, *, force: bool, quie
     run_stages(ctx, build_plan(recipe, target_round),
                after_seeds=lambda: store.write_run(recipe.to_dict(), recipe.fingerprint()))
     seconds = time.time() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = build_peak_mib(ctx)
     _record_build(ctx, target_round, t0, seconds, peak)
     if not ctx.ran:
         ctx.log(f"run {store.run!r} is already built to round {target_round}: nothing to do")

@@ -243,17 +243,28 @@ class Context:
 
     @contextmanager
     def stage(self, round: int, name: str) -> Iterator[dict[str, Any]]:
-        """Time a stage; the body fills ``info`` (rows, skipped, rate) for its summary line."""
+        """Time a stage and measure its own peak memory (:class:`alma_data.memory.StagePeak`);
+        the body fills ``info`` (rows, skipped, rate) for its summary line."""
+        from alma_data.memory import StagePeak
+
         info: dict[str, Any] = {}
+        meter = StagePeak().start()
         t0 = time.time()
-        yield info
+        try:
+            yield info
+        finally:
+            memory = meter.stop()  # also after a failure: the next build's stages start clean
         seconds = time.time() - t0
         self.timings[f"round={round}/{name}"] = seconds
         (self.skipped if info.get("skipped") else self.ran).append(f"round={round}/{name}")
         self.records.append({"round": round, "stage": name, "seconds": round_(seconds, 2),
-                             "skipped": bool(info.get("skipped")), "rows": info.get("rows"), "rate": info.get("rate")})
+                             "skipped": bool(info.get("skipped")), "rows": info.get("rows"), "rate": info.get("rate"),
+                             **memory})
         if info.get("skipped"):
             self.log(f"[round {round}] {name}: already done ({info.get('rows', '?')} rows), skipped")
         else:
             extra = f", {info['rate']}" if info.get("rate") else ""
-            self.log(f"[round {round}] {name}: {info.get('rows', 0):,} rows in {seconds:.1f}s{extra}")
+            children = (f" (+{memory['children_peak_memory_mib']:,} MiB in its processes)"
+                        if memory.get("children_peak_memory_mib") else "")
+            self.log(f"[round {round}] {name}: {info.get('rows', 0):,} rows in {seconds:.1f}s{extra}, "
+                     f"peak {memory['peak_memory_mib']:,} MiB{children}")

@@ -19,6 +19,8 @@ class Item:
     state: str      # done | stale | damaged | partial | missing
     detail: str
     damage: list = None  # for a damaged one: what the cheap check found (integrity.Damage)
+    stage: str = ""
+    memory: dict = None  # the stage's own peak memory when a build last ran it (builds.jsonl)
 
 
 def run_status(store: Store) -> tuple[dict, list[Item]]:
@@ -27,14 +29,36 @@ def run_status(store: Store) -> tuple[dict, list[Item]]:
     built = store.rounds_present()
     last = max([recipe.rounds + 1] + built)
     items = []
+    ran = last_runs(store)
     for r in range(1, last + 1):
         # The stages a build of round r runs, so what status shows is what build runs.
         for stage in round_stages(recipe, r):
             item = _item(store, r, stage.kind, stage.output)
             if item.state == "done" and not _current(store, recipe, stage):
                 item.state, item.detail = "stale", item.detail + "; made under another configuration, the next build redoes it"
+            item.stage, item.memory = stage.name, ran.get((r, stage.name))
             items.append(item)
     return info, items
+
+
+def last_runs(store: Store) -> dict[tuple[int, str], dict]:
+    """Each stage's record (``builds.jsonl``) from the last build that ran it, not skipped it:
+    its seconds and its own peak memory."""
+    out: dict[tuple[int, str], dict] = {}
+    for build in store.read_jsonl("builds.jsonl"):
+        for rec in build.get("stages") or []:
+            if isinstance(rec, dict) and not rec.get("skipped") and "round" in rec and "stage" in rec:
+                out[(rec["round"], rec["stage"])] = rec
+    return out
+
+
+def memory_text(rec: dict | None) -> str:
+    """``peak 812 MiB`` (``+ 1,530 MiB in its processes`` where it started some), or nothing for
+    a stage no build recorded a peak of (built before peaks were recorded)."""
+    if not rec or rec.get("peak_memory_mib") is None:
+        return ""
+    children = rec.get("children_peak_memory_mib")
+    return f"peak {rec['peak_memory_mib']:,} MiB" + (f" + {children:,} MiB in its processes" if children else "")
 
 
 def _current(store: Store, recipe, stage) -> bool:
@@ -87,7 +111,8 @@ def format_status(store: Store) -> str:
                     else "missing" if states == {"missing"} else "partial")
             lines.append(f"round {it.round}: {head}")
         mark = {"done": "ok", "stale": "~~", "damaged": "!!", "partial": "..", "missing": "--"}[it.state]
-        lines.append(f"  [{mark}] {it.kind:<10} {it.name:<18} {it.state:<8} {it.detail}")
+        peak = memory_text(it.memory) if it.state in ("done", "stale") else ""
+        lines.append(f"  [{mark}] {it.kind:<10} {it.name:<18} {it.state:<8} {it.detail}" + (f"; {peak}" if peak else ""))
         lines += [f"         {d}" for d in it.damage or []]
     damaged = [i for i in items if i.state == "damaged"]
     todo = [i for i in items if i.state != "done"]

@@ -78,6 +78,8 @@ def _train_checkpoint(ctx: Context, stage: Stage, h: str, *, trainer: str, data:
                    base_model=recipe.model, spec=asdict(spec), config_hash=h, inputs=ctx.inputs_hash(stage.inputs),
                    bf16_setting=recipe.train.bf16, judge_scale=recipe.judge.scale, dpo_beta=recipe.train.dpo_beta,
                    launcher=recipe.train.launcher, accelerate_config=recipe.train.accelerate_config)
+    if recipe.executor != "ray":  # on Ray the job runs on another node, with that node's memory
+        warn_if_too_big(ctx, stage, trainer, spec)
     if recipe.executor == "ray":
         from alma_data.ray_training import train_on_ray
 
@@ -89,6 +91,32 @@ def _train_checkpoint(ctx: Context, stage: Stage, h: str, *, trainer: str, data:
         summary = run_job(job, ctx.log, quiet=ctx.quiet)
     return {"rows": summary["examples"],
             "rate": f"{summary['examples_seen'] / max(summary['seconds'], 1e-9):.2f} examples/s"}
+
+
+def warn_if_too_big(ctx: Context, stage: Stage, trainer: str, spec) -> None:
+    """One line before a training that would not fit in the memory available
+    (:func:`alma_data.memory.training_estimate`); a warning, since the estimate is rough and
+    the system may find the memory (swap, caches given back)."""
+    from alma_data.memory import model_shape, training_estimate, would_not_fit
+
+    shape = model_shape(resolve(ctx.recipe.model))  # every training starts from the recipe model's architecture
+    if shape is None:
+        return
+    from training.common import LayoutError, layout
+
+    processes = spec.num_processes if ctx.recipe.train.launcher == "accelerate" else 1
+    try:
+        per_device = layout(spec)[0]
+    except LayoutError:
+        return  # the launcher says so in its own words
+    # the soft-target judge trains without gradient checkpointing (training/distill.py)
+    needed, what = training_estimate(shape, batch_size=per_device, max_length=spec.max_length, trainer=trainer,
+                                     processes=processes, gradient_checkpointing=trainer != "sft_soft")
+    fix = ("lower judge.batch_size or judge.max_length" if stage.output == "judge" else
+           "lower train.batch_size (raising train.gradient_accumulation keeps the effective batch) or train.max_length")
+    line = would_not_fit(needed, what, fix + ", or free memory")
+    if line:
+        ctx.log(f"[round {stage.round}] {stage.name}: {line}")
 
 
 def _policy_spec(recipe: Recipe, seed: int):

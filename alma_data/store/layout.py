@@ -151,6 +151,23 @@ class RunFiles:
     def write_json(self, relpath: str, data: Any) -> None:
         self.write_json_at(join(self._root, relpath), data)
 
+    def read_jsonl(self, relpath: str) -> list[dict[str, Any]]:
+        """The records of a JSON-lines file of the run (``builds.jsonl``), oldest first; none when
+        it does not exist. A line that is not a JSON object (one cut short by a kill) is left out."""
+        try:
+            data = self.fs.cat_file(join(self._root, relpath))
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in data.decode(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+        return out
+
     def append_jsonl(self, relpath: str, record: dict[str, Any]) -> None:
         path = join(self._root, relpath)
         line = json.dumps(record) + "\n"
