@@ -151,7 +151,11 @@ def run_launch(job, spec, job_file: Path, log: Callable[[str], None], quiet: boo
     log(f"  {job.name}: accelerate launch with {spec.num_processes} process{'es' * (spec.num_processes != 1)}{on}"
         + (f", config {job.accelerate_config}" if job.accelerate_config else ""))
     t0 = time.time()
-    tail = stream(cmd, launch_env(spec.num_processes // (machines[0] if machines else 1)), echo=not quiet)
+    # its output goes where the libraries' does: a quiet build's log file, else the terminal
+    from alma_data.console import libraries_quiet
+
+    tail = stream(cmd, launch_env(spec.num_processes // (machines[0] if machines else 1)),
+                  echo=not quiet or libraries_quiet())
     if tail is not None:
         raise LaunchError(
             f"training {job.describe()} with accelerate launch ({spec.num_processes} processes{on}) failed:\n"
@@ -223,6 +227,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from training import TrainSpec
 
+    from alma_data.console import libraries_quiet, quiet_libraries
+
+    if libraries_quiet():  # the build that launched it is not --verbose
+        quiet_libraries()
     argv = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(argv[0]).read_text())
     dataset = datasets.load_from_disk(job["dataset"])

@@ -149,7 +149,9 @@ def materialize(name: str) -> Path:
     tmp = final.parent / f".{name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    with tqdm(total=1, desc=f"preparing embedded model {name} (once)", leave=False) as bar:
+    from alma_data.console import terminal
+
+    with tqdm(total=1, desc=f"preparing embedded model {name} (once)", leave=False, file=terminal()) as bar:
         spec.build(tmp)
         bar.update()
     if (final / "config.json").is_file():  # another process finished first

@@ -7,6 +7,7 @@ import resource
 import time
 
 from alma_data.config import Recipe, RecipeError, fingerprint, recipe_from_dict
+from alma_data.console import build_output, log_path
 from alma_data.errors import BuildError
 from alma_data.plan import build_plan
 from alma_data.recipe_checks import check_for_rounds
@@ -83,7 +84,11 @@ def _per_round(ctx: Context) -> str:
     return ", ".join(f"round {r} {s:.0f}s" for r, s in sorted(per_round.items()))
 
 
-def build(recipe: Recipe, store: Store, target_round: int, *, force: bool = False, quiet: bool = False) -> Context:
+def build(recipe: Recipe, store: Store, target_round: int, *, force: bool = False, quiet: bool = False,
+          verbose: bool = False) -> Context:
+    """Build rounds 1..``target_round`` of ``store``'s run. The terminal gets the build's lines
+    and one progress bar a stage; the libraries' bars and logs go to the run's log file,
+    ``logs/build-<time>.log``, unless ``verbose`` (:mod:`alma_data.console`)."""
     if target_round < 1:
         raise BuildError(f"round={target_round}: rounds start at 1")
     if target_round > recipe.rounds + 1:
@@ -91,7 +96,7 @@ def build(recipe: Recipe, store: Store, target_round: int, *, force: bool = Fals
                          f"(rounds 1..{recipe.rounds + 1}); raise it with rounds={target_round - 1}")
     check_for_rounds(recipe, target_round)  # before the run is locked, let alone written
     with store.build_lock():
-        return _build(recipe, store, target_round, force=force, quiet=quiet)
+        return _build(recipe, store, target_round, force=force, quiet=quiet, verbose=verbose)
 
 
 def keep_measured_sets(store: Store, recipe: Recipe, log) -> None:
@@ -112,13 +117,27 @@ def keep_measured_sets(store: Store, recipe: Recipe, log) -> None:
             log(f"measuring the run's {section}.{key} as its earlier builds did: {', '.join(before[key])}")
 
 
-def _build(recipe: Recipe, store: Store, target_round: int, *, force: bool, quiet: bool) -> Context:
+def _build(recipe: Recipe, store: Store, target_round: int, *, force: bool, quiet: bool, verbose: bool) -> Context:
     check_run(store, recipe, force)
-    ctx = Context(store, recipe, quiet=quiet)
+    with build_output(log_path(store.local_root), verbose=verbose) as out:
+        try:
+            return _build_stages(recipe, store, target_round, Context(store, recipe, quiet=quiet, out=out))
+        finally:
+            if store.remote:  # the log is written here, beside the run's cache, and copied into the run
+                try:
+                    store.upload_dir(out.path.parent, "logs")
+                except Exception:  # noqa: BLE001 - a log not copied fails no build
+                    pass
+
+
+def _build_stages(recipe: Recipe, store: Store, target_round: int, ctx: Context) -> Context:
     keep_measured_sets(store, recipe, ctx.log)
     t0 = time.time()
     ctx.log(f"building run {store.run!r} ({store.where()}) to round {target_round}, recipe {recipe.name} "
             f"[{recipe.fingerprint()}], model {recipe.model}")
+    where = f"{store.where().rstrip('/')}/logs/{ctx.out.path.name}" if store.remote else ctx.out.path
+    ctx.log(f"log: {where} (" + ("the libraries' output too)" if ctx.out.verbose else
+                                 "the libraries' progress bars and logs, off this screen; --verbose shows them)"))
     # The seeds passed: the run takes this recipe (a refused seed file leaves run.json as it was).
     run_stages(ctx, build_plan(recipe, target_round),
                after_seeds=lambda: store.write_run(recipe.to_dict(), recipe.fingerprint()))

@@ -34,6 +34,8 @@ def run_stage(ctx: Context, stage: Stage) -> None:
         if is_current(ctx, stage, config_hash):
             info.update(skipped=True, rows=done_rows(ctx, stage))
             return
+        if ctx.out is not None:
+            ctx.out.before_work()
         info.update(stage.run(ctx, stage, config_hash) or {})
 
 

@@ -161,8 +161,14 @@ class Context:
     """What stages of one build make once and share (the seed rows, a round's picks): keyed by
     what it is; nothing in it outlives the build, so a rerun makes it again from the store."""
 
+    out: Any = None
+    """The build's :class:`alma_data.console.BuildOutput` (terminal and log file), if it has one."""
+
     def log(self, message: str) -> None:
-        if not self.quiet:
+        """One of the build's lines: on the terminal (unless quiet) and in the build's log file."""
+        if self.out is not None:
+            self.out.line(message, show=not self.quiet)
+        elif not self.quiet:
             print(message, file=sys.stderr, flush=True)
 
     def once(self, key: Any, make: Callable[[], Any]) -> Any:
@@ -170,12 +176,15 @@ class Context:
             self.scratch[key] = make()
         return self.scratch[key]
 
-    def show_example(self, what: str, prompt: str, answer: str, score: float | None, query: str) -> None:
+    def show_example(self, what: str, prompt: str, answer: str, score: float | None, query: str,
+                     before: tuple[str, str] | None = None) -> None:
         """One real row of a table just written, and the query that shows the rest, so the
-        first model output is on screen minutes into a build rather than at its end."""
+        first model output is on screen minutes into a build rather than at its end;
+        ``before``: (model, its answer) to show beside it, what the answer was."""
         clip = lambda t, n: (" ".join(t.split())[:n] + ("..." if len(" ".join(t.split())) > n else ""))
         judged = "" if score is None else f"  (judge: {score:.2f})"
-        self.log(f"  e.g. {what}: {clip(prompt, 70)!r}\n    -> {clip(answer, 160)!r}{judged}\n"
+        was = "" if before is None else f"\n    {before[0]} had: {clip(before[1], 160)!r}"
+        self.log(f"  e.g. {what}: {clip(prompt, 70)!r}\n    -> {clip(answer, 160)!r}{judged}{was}\n"
                  f"  all of them: alma-data query {self.store.cli_args()} \"{query}\"")
 
     def open_engine(self, model_path: str, *, name: str = "base", round: int | None = None,
@@ -195,7 +204,11 @@ class Context:
     def progress(self, total: int, desc: str, unit: str = "it"):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, disable=self.quiet, dynamic_ncols=True)
+        # The stage's one bar, on the terminal also while the libraries' output goes to the log
+        # file; it goes when done, and the stage's summary line takes its place.
+        file = self.out.terminal if self.out is not None else sys.stderr
+        return tqdm(total=total, desc=desc, unit=unit, disable=self.quiet, dynamic_ncols=True, file=file,
+                    leave=False)
 
     # -- skip what is done --------------------------------------------------------------
     def inputs_hash(self, inputs) -> dict[str, str]:

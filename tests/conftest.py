@@ -60,11 +60,24 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: fl
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """One real three-round build of the tiny recipe, shared by the tests that only read it."""
+def tiny_build(tmp_path_factory) -> tuple[Path, str]:
+    """One real three-round build of the tiny recipe, shared by the tests that only read it, and
+    what it printed (stdout and stderr as one text). Built as a user's terminal would see it:
+    120 columns, and no TQDM_DISABLE, so a library's progress bar would show (test_build_output)."""
     runs = tmp_path_factory.mktemp("runs")
-    run_cli("build", "round=3", "recipe=tiny", f"runs_dir={runs}", "run=shared")
-    return runs
+    args = ["build", "round=3", "recipe=tiny", f"runs_dir={runs}", "run=shared"]
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    proc = subprocess.run([sys.executable, "-m", "alma_data", *args], capture_output=True, text=True, timeout=600,
+                          env={**env, "COLUMNS": "120"})
+    if proc.returncode != 0:
+        raise AssertionError(f"alma-data {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return runs, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_build) -> Path:
+    """The runs folder of the shared tiny build (its run: ``shared``)."""
+    return tiny_build[0]
 
 
 def _free_port() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,7 +121,36 @@ def common_args(spec: TrainSpec, out_dir: Path, n_examples: int) -> dict[str, An
         save_total_limit=1,  # only the newest resume point
         report_to="none",
         logging_steps=max(1, min(10, n_examples // max(1, spec.batch_size) // 4)),
+        # A build not --verbose: no bar of the trainer's own (the stage's line says what it did)
+        disable_tqdm=libraries_quiet(),
     )
+
+
+def libraries_quiet() -> bool:
+    """Whether the build that runs this training keeps the libraries' output off the terminal
+    (alma_data/console.py sets it, for this process and a launched training's processes)."""
+    return os.environ.get("ALMA_DATA_LIBRARY_OUTPUT") == "quiet"
+
+
+def step_lines(trainer, kind: str) -> None:
+    """With its bar off, the trainer's logs are lines in words on stderr (which a quiet build
+    sends to its log file), ``sft step 4/8: loss 2.591, grad norm 3.12, learning rate 0.0005, epoch 0.5``,
+    in place of the dict its PrinterCallback prints."""
+    from transformers import PrinterCallback, TrainerCallback
+
+    class StepLines(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not (state.is_world_process_zero and logs):
+                return
+            words = ", ".join(f"{k.replace('_', ' ')} "
+                              f"{f'{v:.4g}' if isinstance(v, float) else v}"
+                              for k, v in logs.items() if k != "total_flos")
+            at = "done" if "train_runtime" in logs else f"step {state.global_step}/{state.max_steps}"
+            print(f"  {kind} {at}: {words}", file=sys.stderr, flush=True)
+
+    if trainer.args.disable_tqdm:
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(StepLines())
 
 
 def last_complete_save(folder: Path, world_size: int = 1, remove: bool = True) -> Path | None:
@@ -152,6 +182,7 @@ def run_and_save(trainer, tokenizer, out_dir: Path, spec: TrainSpec, base: str, 
     resume = last_complete_save(out_dir / "_trainer", world, remove=world == 1)
     if resume and main:
         log(f"  {kind}: resuming from {resume.name} (saved before the last stop)")
+    step_lines(trainer, kind)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.time() - t0
     trainer.save_model(str(out_dir))  # only rank 0 writes

@@ -17,6 +17,9 @@ def add(sub) -> None:
     b.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
     b.add_argument("--force", action="store_true", help="accept a changed recipe and rebuild what it touches")
     b.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
+    b.add_argument("--verbose", action="store_true",
+                   help="the libraries' own progress bars and logs on the terminal too (they always go to the "
+                        "run's log file, logs/build-<time>.log)")
     b.set_defaults(func=run)
 
 
@@ -42,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
     store = Store(runs_dir, special.get("run", recipe.name))
     from alma_data.round import build
 
-    build(recipe, store, target, force=args.force, quiet=args.quiet)
+    build(recipe, store, target, force=args.force, quiet=args.quiet, verbose=args.verbose)
     return 0

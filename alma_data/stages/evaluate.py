@@ -65,10 +65,33 @@ def answer_heldout(ctx: Context, stage: Stage, h: str) -> dict:
             for p, o in zip(prompts, out)]
     m = write_table(store, round, "eval_answers", rows, config_hash=h, schema=ANSWERS, inputs=stage.inputs)
     if rows:
-        first = rows[0]
-        ctx.show_example(f"{mname} on a held-out prompt", first["prompt"], first["response"], None,
-                         f"select prompt, response from eval_answers where round = {round}")
+        show_answer(ctx, round, mname, rows)
     return {"rows": m["rows"], "rate": rate}
+
+
+def show_answer(ctx: Context, round: int, mname: str, rows: list[dict]) -> None:
+    """One held-out answer of the round's model: from round 2 on, one whose answer differs from
+    the previous round's model's (where one does), with that answer beside it, so the screen
+    shows what the round's training changed; and how many of them changed."""
+    query = f"select prompt, response from eval_answers where round = {round}"
+    before: dict[str, str] = {}
+    if round > 1 and ctx.store.is_done(round - 1, "eval_answers"):
+        before = {r["prompt_id"]: r["response"] for r in ctx.store.read(round - 1, "eval_answers").to_pylist()}
+    if not before:
+        ctx.show_example(f"{mname} on a held-out prompt", rows[0]["prompt"], rows[0]["response"], None, query)
+        return
+    prev = round_model(round - 1)[1]
+    compared = [r for r in rows if r["prompt_id"] in before]
+    changed = [r for r in compared if r["response"] != before[r["prompt_id"]]]
+    if changed:
+        pick = changed[0]
+        what = f"{mname} on a held-out prompt, answer changed from {prev} ({len(changed)} of {len(compared)} changed)"
+        ctx.show_example(what, pick["prompt"], pick["response"], None, query,
+                         before=(prev, before[pick["prompt_id"]]))
+    else:
+        pick = compared[0] if compared else rows[0]
+        ctx.show_example(f"{mname} on a held-out prompt, same answer as {prev} (all {len(compared)} held-out "
+                         f"answers unchanged)", pick["prompt"], pick["response"], None, query)
 
 
 def evaluate_round(ctx: Context, stage: Stage, h: str) -> dict:

@@ -239,20 +239,46 @@ def judge_quality(ctx: Context, stage: Stage, h: str) -> dict:
     store, round, judge = ctx.store, stage.round, stage.params["judge"]
     rung = FINE_TUNED if round == 1 else DISTILLED
     quality = _heldout_quality(store, round, "judge_eval", f"round={round}/{judge}", rung)
+    ties = {("heldout", rung): _heldout_ties(store, round, "judge_eval")}
     if stage.params["shots"]:
         quality += _heldout_quality(store, round, "judge_eval_base", f"base shots={stage.params['shots']}", BASE)
+        ties[("heldout", BASE)] = _heldout_ties(store, round, "judge_eval_base")
     if any(ref.table == "judge_sets" for ref in stage.inputs):
         quality += _set_quality(store.read(round, "judge_sets"))
     m = write_table(store, round, "judge_quality", quality, config_hash=h, schema=schemas.JUDGE_QUALITY,
                     inputs=stage.inputs)
     for (eval_set, r) in dict.fromkeys((q["eval_set"], q["rung"]) for q in quality):
         acc = {q["metric"]: q for q in quality if (q["eval_set"], q["rung"]) == (eval_set, r)}
+        if (eval_set, r) not in ties and "ties_int" in acc:
+            ties[(eval_set, r)] = (acc["ties_int"]["n"], int(acc["ties_real"]["value"] or 0),
+                                   int(acc["ties_int"]["value"] or 0))
         ctx.log(f"  judge quality, {eval_set}, {r}: pairwise accuracy " + ", ".join(
             f"{k.removeprefix('pairwise_accuracy_').replace('int', 'integer').replace('real', 'real-valued')} "
             f"{_ci(acc[k])}" for k in ("pairwise_accuracy_real", "pairwise_accuracy_int") if k in acc)
+            + _ties_words(*ties.get((eval_set, r), (None, 0, 0)))
             + (f", {int(acc['pairs_too_long']['value'])} pairs too long" if acc.get("pairs_too_long", {}).get("value")
                else ""))
     return {"rows": m["rows"]}
+
+
+def _heldout_ties(store, round: int, table: str) -> tuple[int, int, int]:
+    """(pairs, pairs whose real-valued scores tie, pairs whose integer scores tie) of a
+    judge_eval table: what its accuracies count as wrong."""
+    con = _pairs_connection(store, round, table)
+    n, real, integer = con.execute("SELECT count(*), count(*) FILTER (real_valued = 0), count(*) FILTER (integer = 0) "
+                                   "FROM judge_eval_pairs").fetchone()
+    return int(n), int(real), int(integer)
+
+
+def _ties_words(pairs: int | None, real: int, integer: int) -> str:
+    """`` over 24 pairs, a tie counting as wrong (24 tied on integer scores, none on real-valued)``."""
+    if pairs is None:
+        return ""
+    if not (real or integer):
+        return f" over {pairs} pairs (no ties)"
+    both = (f"{integer} tied on integer scores, {real or 'none'} on real-valued" if integer
+            else f"{real} tied on real-valued scores, none on integer")
+    return f" over {pairs} pairs, a tie counting as wrong ({both})"
 
 
 def _ci(q: dict) -> str:

@@ -228,7 +228,22 @@ def cluster_candidates(ctx: Context, stage: Stage, h: str) -> dict:
             for pid, p, s, c, v in zip(unique["prompt_id"].to_pylist(), texts, unique["shots"].to_pylist(), labels, vectors)]
     m = write_table(store, round, "prompt_clusters", rows, config_hash=h, schema=CLUSTERED, inputs=stage.inputs,
                     dedup=counts, clusters=n_clusters, embedder=cfg.embedder)
-    return {"rows": m["rows"], "rate": f"{n_clusters} clusters; dedup {counts}"}
+    return {"rows": m["rows"], "rate": f"{n_clusters} clusters; dedup: {dedup_words(counts, len(texts))}"}
+
+
+DEDUP_WORDS = {"duplicate": ("exact duplicate", "exact duplicates"),
+               "used_before": ("exact copy of an earlier round's prompt", "exact copies of earlier rounds' prompts"),
+               "near_duplicate": ("near-duplicate", "near-duplicates"),
+               "near_used_before": ("near-copy of an earlier round's prompt", "near-copies of earlier rounds' prompts")}
+"""What each dedup verdict but ``unique`` is called in the build's line (one, several)."""
+
+
+def dedup_words(counts: dict[str, int], kept: int) -> str:
+    """``56 unique of 60 parsed (4 exact duplicates)``: the dedup verdicts' counts in words."""
+    parsed = sum(counts.get(k, 0) for k in ("unique", "duplicate", "used_before"))  # near-dedup splits 'unique'
+    dropped = [f"{counts[k]} {w[counts[k] != 1]}" for k, w in DEDUP_WORDS.items() if counts.get(k)]
+    dropped += [f"{n} {k}" for k, n in counts.items() if n and k != "unique" and k not in DEDUP_WORDS]
+    return f"{kept} unique of {parsed} parsed" + (f" ({', '.join(dropped)})" if dropped else ", no duplicates")
 
 
 def select_prompts(ctx: Context, stage: Stage, h: str) -> dict:
