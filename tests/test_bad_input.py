@@ -52,11 +52,11 @@ def folder_hash(folder: Path) -> str:
 
 def one_line(proc: subprocess.CompletedProcess) -> str:
     """The error line a refusal prints: the last of stderr, after at most a build's progress
-    lines, and no traceback."""
+    lines (its opening line, where its log file is, one line a stage), and no traceback."""
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines and lines[-1].startswith("alma-data: "), proc.stderr[-3000:]
-    assert all(line.startswith(("building run", "[round ")) for line in lines[:-1]), proc.stderr[-3000:]
+    assert all(line.startswith(("building run", "log: ", "[round ")) for line in lines[:-1]), proc.stderr[-3000:]
     return lines[-1]
 
 
