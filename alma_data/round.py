@@ -8,7 +8,8 @@ import time
 
 from alma_data.config import Recipe, RecipeError, fingerprint, recipe_from_dict
 from alma_data.console import build_output, log_path
-from alma_data.errors import BuildError
+from alma_data.cli_errors import no_space
+from alma_data.errors import AlmaError, BuildError
 from alma_data.plan import build_plan
 from alma_data.recipe_checks import check_for_rounds
 from alma_data.runner import run_stages
@@ -119,15 +120,49 @@ def keep_measured_sets(store: Store, recipe: Recipe, log) -> None:
 
 def _build(recipe: Recipe, store: Store, target_round: int, *, force: bool, quiet: bool, verbose: bool) -> Context:
     check_run(store, recipe, force)
-    with build_output(log_path(store.local_root), verbose=verbose) as out:
+    path = log_path(store.local_root)
+    made = path.parent  # the highest folder the log makes (the run's own, for a new run)
+    while not made.parent.exists():
+        made = made.parent
+    made = made if not made.exists() else None
+    refused = False
+    with build_output(path, verbose=verbose) as out:
+        ctx = Context(store, recipe, quiet=quiet, out=out)
         try:
-            return _build_stages(recipe, store, target_round, Context(store, recipe, quiet=quiet, out=out))
+            return _build_stages(recipe, store, target_round, ctx)
+        except Exception as exc:
+            # refused (a bad seed file, a bad value) or a full disk, before any stage finished
+            refused = not ctx.ran and (isinstance(exc, AlmaError) or no_space(exc) is not None)
+            raise
         finally:
-            if store.remote:  # the log is written here, beside the run's cache, and copied into the run
-                try:
-                    store.upload_dir(out.path.parent, "logs")
-                except Exception:  # noqa: BLE001 - a log not copied fails no build
-                    pass
+            if not refused:
+                _copy_log(store, out)
+            else:
+                # Such a build leaves the run as it was: its log, which holds only the lines the
+                # terminal showed, goes too.
+                _remove_log(path, made)
+
+
+def _remove_log(path, made) -> None:
+    """Remove a refused build's log, and the folders it made while they are empty (the file is
+    still open: on POSIX it goes when closed)."""
+    path.unlink(missing_ok=True)
+    folder = path.parent
+    while made is not None and folder != made.parent:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _copy_log(store: Store, out) -> None:
+    """On an object store the log is written beside the run's cache, and copied into the run."""
+    if store.remote:
+        try:
+            store.upload_dir(out.path.parent, "logs")
+        except Exception:  # noqa: BLE001 - a log not copied fails no build
+            pass
 
 
 def _build_stages(recipe: Recipe, store: Store, target_round: int, ctx: Context) -> Context:
