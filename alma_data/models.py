@@ -162,38 +162,49 @@ def materialize(name: str) -> Path:
     return final
 
 
-def resolve(ref: str, store=None) -> str:
-    """Turn a model reference into something ``from_pretrained`` loads.
-
-    - an embedded name (``smollm2-135m``, ``gemma3-270m``, ``tiny-random``);
-    - ``run:round=1/m1a`` (this run) or ``run:NAME/round=1/m1a``: a checkpoint of a run;
-    - a local folder with a ``config.json``;
-    - anything else is taken as a Hub model id (``org/name``).
-    """
+def classify(ref: str) -> tuple[str, object]:
+    """What a model reference names, without loading anything: ``("embedded", name)``,
+    ``("run", match)`` for ``run:[NAME/]round=R/CHECKPOINT``, ``("folder", path)`` for a local
+    folder with a ``config.json``, or ``("hub", id)`` for ``org/name``. Anything else (empty, a
+    folder that is not a model, an unknown name) raises :class:`ModelError` saying what to give."""
+    if not ref.strip():
+        raise ModelError(f"the model is empty; name a model: an embedded one ({', '.join(EMBEDDED)}), a Hub id "
+                         "like org/name, or a local model folder")
     if ref in EMBEDDED:
-        return str(materialize(ref))
+        return "embedded", ref
     m = _RUN_REF.match(ref)
     if m:
+        return "run", m
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is not a model folder (no config.json); give a folder saved by save_pretrained")
+        return "folder", path
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
+        return "hub", ref  # transformers fetches and caches it
+    raise ModelError(
+        f"unknown model {ref!r}: use an embedded name ({', '.join(EMBEDDED)}), a Hub id like org/name, "
+        "a local model folder, or run:round=R/CHECKPOINT"
+    )
+
+
+def resolve(ref: str, store=None) -> str:
+    """Turn a model reference (:func:`classify`) into something ``from_pretrained`` loads; a run's
+    checkpoint is hashed before it is handed out."""
+    kind, what = classify(ref)
+    if kind == "embedded":
+        return str(materialize(what))
+    if kind == "run":
         if store is None:
             raise ModelError(f"{ref!r} names a run checkpoint; it can only be used inside a build")
         from alma_data.store import Store
 
-        st = store if m.group("run") is None else Store(store.runs_dir, m.group("run"))
-        rnd, name = int(m.group("round")), m.group("name")
+        st = store if what.group("run") is None else Store(store.runs_dir, what.group("run"))
+        rnd, name = int(what.group("round")), what.group("name")
         if not st.checkpoint_done(rnd, name):
             raise ModelError(f"checkpoint {name!r} of round {rnd} in run {st.run!r} does not exist (yet); build that round first")
         from alma_data.store.integrity import require_checkpoint_hashed
 
         require_checkpoint_hashed(st, rnd, name)  # every file's sha256, before anything loads it
         return st.checkpoint_location(rnd, name)
-    path = Path(ref).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{path} is not a model folder (no config.json); give a folder saved by save_pretrained")
-        return str(path)
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", ref):
-        return ref  # a Hub id: transformers fetches and caches it
-    raise ModelError(
-        f"unknown model {ref!r}: use an embedded name ({', '.join(EMBEDDED)}), a Hub id like org/name, "
-        "a local model folder, or run:round=R/CHECKPOINT"
-    )
+    return str(what)

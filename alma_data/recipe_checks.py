@@ -193,26 +193,57 @@ def mix_names(recipe: Recipe, round: int) -> list[str]:
 
 
 def check_model_ref(key: str, ref: str) -> None:
-    """A model reference that can name a model at all (without loading it): refused before a
-    build writes anything, instead of after run.json and the seed tables."""
-    import re
-    from pathlib import Path
+    """A model reference that can name a model at all (``models.classify``, nothing loaded):
+    refused before a build writes anything, instead of after run.json and the seed tables."""
+    from alma_data.models import ModelError, classify
 
-    from alma_data.models import _RUN_REF, EMBEDDED
+    try:
+        classify(ref)
+    except ModelError as exc:
+        message = str(exc)
+        raise RecipeError(f"{key} is empty" + message[len("the model is empty"):] if message.startswith("the model is empty")
+                          else f"{key}={ref}: {message}") from None
 
-    if not ref.strip():
-        raise RecipeError(f"{key} is empty; name a model: an embedded one ({', '.join(EMBEDDED)}), a Hub id "
-                          "like org/name, or a local model folder")
-    if ref in EMBEDDED or _RUN_REF.match(ref) or re.fullmatch(r"[\w.-]+/[\w.-]+", ref) and not Path(ref).exists():
+
+def check_model_reachable(key: str, ref: str) -> None:
+    """A Hub id whose ``config.json`` can be had (from the Hub, or the local cache offline): the
+    file is fetched into the cache the load reads later. Refused in one line otherwise, before
+    a build writes anything (it was transformers' traceback after run.json and the seed
+    tables). Other references need no network and are left to :func:`check_model_ref`."""
+    import logging
+
+    from alma_data.models import classify
+
+    if classify(ref)[0] != "hub":
         return
-    path = Path(ref).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise RecipeError(f"{key}={ref}: {path} is not a model folder (no config.json); give a folder saved "
-                              "by save_pretrained")
-        return
-    raise RecipeError(f"{key}={ref}: unknown model; use an embedded name ({', '.join(EMBEDDED)}), a Hub id like "
-                      "org/name, a local model folder, or run:round=R/CHECKPOINT")
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
+                                        LocalEntryNotFoundError, RepositoryNotFoundError)
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings, one a second, are not for the user
+    try:
+        hf_hub_download(ref, "config.json")
+    except GatedRepoError:
+        raise RecipeError(f"{key}={ref}: the model is gated on the Hugging Face Hub; accept its terms on its page "
+                          "and log in (hf auth login)") from None
+    except RepositoryNotFoundError:
+        raise RecipeError(f"{key}={ref}: no such model on the Hugging Face Hub (or it is private: log in with "
+                          "hf auth login); check the id") from None
+    except LocalEntryNotFoundError:
+        raise RecipeError(f"{key}={ref}: the Hugging Face Hub could not be reached and the model is not in the local "
+                          "cache; connect and run the command again, or give a local model folder or an embedded "
+                          "model") from None
+    except EntryNotFoundError:
+        raise RecipeError(f"{key}={ref}: the Hub's {ref} has no config.json, so it is not a transformers model; "
+                          "give a model's id") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise RecipeError(f"{key}={ref}: the Hugging Face Hub did not give the model's config.json "
+                          f"({str(exc).splitlines()[0][:200]}); check the id and the connection") from None
+    finally:
+        hub_log.setLevel(level)
 
 
 def check_for_rounds(recipe: Recipe, target_round: int) -> None:

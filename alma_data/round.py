@@ -11,7 +11,7 @@ from alma_data.console import build_output, log_path
 from alma_data.cli_errors import no_space
 from alma_data.errors import AlmaError, BuildError
 from alma_data.plan import build_plan
-from alma_data.recipe_checks import check_for_rounds
+from alma_data.recipe_checks import check_for_rounds, check_model_reachable
 from alma_data.runner import run_stages
 from alma_data.stage import Context
 from alma_data.store import Store
@@ -96,6 +96,7 @@ def build(recipe: Recipe, store: Store, target_round: int, *, force: bool = Fals
         raise BuildError(f"round={target_round}: recipe {recipe.name} has rounds={recipe.rounds} feedback rounds "
                          f"(rounds 1..{recipe.rounds + 1}); raise it with rounds={target_round - 1}")
     check_for_rounds(recipe, target_round)  # before the run is locked, let alone written
+    check_model_reachable("model", recipe.model)
     with store.build_lock():
         return _build(recipe, store, target_round, force=force, quiet=quiet, verbose=verbose)
 

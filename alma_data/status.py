@@ -97,7 +97,8 @@ def _item(store: Store, r: int, kind: str, name: str) -> Item:
     return Item(r, kind, name, "partial", f"{len(shards)} of {expected if expected else '?'} shards written")
 
 
-def format_status(store: Store) -> str:
+def format_status(store: Store) -> tuple[str, bool]:
+    """The status text, and whether it reports damage (``alma-data status`` then exits 1)."""
     info, items = run_status(store)
     recipe = info["recipe"]
     lines = [f"run {store.run}  ({store.where()})",
@@ -127,9 +128,4 @@ def format_status(store: Store) -> str:
     else:
         lines += ["", "every round of the recipe is built"]
     lines.append("(sizes, times, row counts and listings checked, files not hashed: alma-data verify hashes every file)")
-    return "\n".join(lines)
-
-
-def status_exit(text: str) -> int:
-    """``alma-data status``'s exit code: 1 when it reported damage."""
-    return 1 if "\ndamaged: " in text else 0
+    return "\n".join(lines), bool(damaged)

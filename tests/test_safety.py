@@ -262,3 +262,17 @@ def test_eval_values_are_refused_before_any_answer(runs, tmp_path, args, says):
     prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
     line = refused(runs, "eval", str(prompts), f"runs_dir={runs}", f"run={RUN}", *args)
     assert says in line
+
+
+def test_a_hub_model_that_cannot_be_had_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """A Hub id neither reachable nor in the local cache: one line before any file is written (it
+    was a traceback of transformers' after run.json and the seed tables)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as with no network, without the retries
+    runs = tmp_path / "runs"
+    proc = run_cli("build", "round=1", "recipe=tiny", f"runs_dir={runs}", "run=new", "model=someone/no-such-model",
+                   check=False)
+    assert proc.returncode == 2
+    line = one_line(proc)
+    assert "model=someone/no-such-model" in line and "not in the local cache" in line, line
+    assert not (runs / "new").exists()
