@@ -2,18 +2,23 @@
 few-shot base judge (``judge=base shots=3``) and of the zero-shot judge on the same pairs, for
 the code before a change (a git revision) and the working tree's, in one run (issue 23).
 
-    python benchmarks/judge_memory.py                          # 32 pairs, SmolLM2-135M, before=main
+    python benchmarks/judge_memory.py                     # 32 pairs, SmolLM2-135M, before=main, 2 rounds
     python benchmarks/judge_memory.py --pairs 24 --before HEAD~1 --model PATH --json out.json
+    python benchmarks/judge_memory.py --before ""         # the working tree's code only
 
-Each (code, judge) is measured in its own process, started fresh (``--step``): the model is
-opened as ``alma-data judge`` opens it (``open_any_judge`` on the recipe, so its engine, dtype
-and ``judge.batch_size_score``), then one ``Judge.score`` call scores every pair, as the judge
-stage does. Measured around that call only: its seconds (responses/s) and its peak resident
-memory (``alma_data.memory.StagePeak``: VmHWM reset at the start, read at the end), beside the
-process's whole peak (VmHWM, the model's load included). The code before is ``git archive
-REV alma_data`` unpacked in the work folder and put first on ``PYTHONPATH``.
-
-The pairs are the recipe's seed judge annotations that are not among the shots, in file order.
+Each code is measured in its own fresh process (``--step``). The model is opened as
+``alma-data judge`` opens it (``open_any_judge`` on the recipe: its engine, ``judge.dtype``
+and ``judge.batch_size_score``); the zero-shot judge is the same engine without the shots.
+Then, ``--rounds`` times, the zero-shot judge and the few-shot judge each score every pair in
+one ``Judge.score`` call, as the judge stage does, in turn, so that a change of a shared
+machine's load falls on both. Measured around each call: its seconds and its peak resident
+memory (``alma_data.memory.StagePeak``: VmHWM reset at the call's start, read at its end, so
+the model's weights and everything else resident count; the first call also pages the
+weights in). Reported: the best and the median responses/s of each judge, the largest peak
+of each, and the few-shot / zero-shot ratio of the best and of the medians. The code before
+is ``git archive REV alma_data sql pipelines data/seed`` unpacked in the work folder and put
+first on ``PYTHONPATH``. The pairs are the recipe's seed judge annotations that are not
+among the shots, in file order.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,39 +38,52 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def step(args) -> dict:
     from alma_data.config import load_recipe
-    from alma_data.judges import open_any_judge, seed_shots
-    from alma_data.memory import StagePeak, _status_kib
+    from alma_data.engines.transformers_engine import common_prefix
+    from alma_data.judges import Judge, open_any_judge, seed_shots
+    from alma_data.memory import StagePeak
 
     overrides = {"model": args.model} if args.model else {}
     overrides.update(dict(kv.split("=", 1) for kv in args.set))
     recipe = load_recipe(args.recipe, overrides)
-    judge = open_any_judge("base", recipe, shots=args.shots, seed=0)
-    shots = {(s.prompt, s.response) for s in judge.shots}
+    few = open_any_judge("base", recipe, shots=args.shots, seed=0)
+    zero = Judge(ref=few.ref, engine=few.engine, scale=few.scale, shots=[])
+    shots = {(s.prompt, s.response) for s in few.shots}
     pool = [(a.prompt, a.response) for a in seed_shots(None, recipe) if (a.prompt, a.response) not in shots]
     pairs = pool[: args.pairs]
-    tok = judge.tokenizer
-    questions = [judge.question(p, r) for p, r in pairs]
-    lengths = [len(tok(q, add_special_tokens=False).input_ids) for q in questions]
-    from alma_data.engines.transformers_engine import common_prefix
-
-    head = len(common_prefix([tok(q, add_special_tokens=False).input_ids for q in questions]))
-    peak = StagePeak().start()
-    t0 = time.perf_counter()
-    _, scores, _ = judge.score([p for p, _ in pairs], [r for _, r in pairs])
-    seconds = time.perf_counter() - t0
-    mem = peak.stop()
-    return {"pairs": len(pairs), "seconds": seconds, "responses_per_s": len(pairs) / seconds,
-            "score_peak_mib": mem["peak_memory_mib"], "score_start_mib": mem["start_memory_mib"],
-            "peak_from": mem["peak_from"], "process_peak_mib": round((_status_kib("VmHWM") or 0) / 1024),
-            "dtype": str(judge.engine.dtype).replace("torch.", ""), "score_batch": judge.engine.score_batch,
-            "question_tokens_mean": sum(lengths) / len(lengths), "shared_head_tokens": head,
-            "scores": [round(float(s), 5) for s in scores]}
+    prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
+    tok, eng = few.tokenizer, few.engine
+    out: dict = {"pairs": len(pairs), "dtype": str(eng.dtype).replace("torch.", ""), "score_batch": eng.score_batch,
+                 "judges": {}}
+    judges = {"zero-shot": zero, f"{args.shots}-shot": few}
+    for name, judge in judges.items():
+        enc = [tok(judge.question(p, r), add_special_tokens=False).input_ids for p, r in pairs]
+        out["judges"][name] = {"question_tokens_mean": sum(map(len, enc)) / len(enc),
+                               "shared_head_tokens": len(common_prefix(enc)), "calls": []}
+    for rnd in range(args.rounds):
+        for name, judge in judges.items():
+            load0 = os.getloadavg()[0]
+            peak = StagePeak().start()
+            t0 = time.perf_counter()
+            _, scores, _ = judge.score(prompts, responses)
+            seconds = time.perf_counter() - t0
+            mem = peak.stop()
+            call = {"round": rnd, "seconds": seconds, "responses_per_s": len(pairs) / seconds,
+                    "peak_mib": mem["peak_memory_mib"], "start_mib": mem["start_memory_mib"],
+                    "peak_from": mem["peak_from"], "load_before": round(load0, 2),
+                    "load_after": round(os.getloadavg()[0], 2)}
+            out["judges"][name]["calls"].append(call)
+            out["judges"][name]["scores"] = [round(float(s), 5) for s in scores]
+            print(f"  {name}, round {rnd + 1}: {call['responses_per_s']:.2f} responses/s ({seconds:.1f} s), peak "
+                  f"{call['peak_mib']} MiB (from {call['start_mib']}); load {call['load_before']} -> "
+                  f"{call['load_after']}", flush=True)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=32)
-    ap.add_argument("--shots", type=int, default=3, help="the few-shot judge's examples (the other judge has 0)")
+    ap.add_argument("--shots", type=int, default=3, help="the few-shot judge's examples")
+    ap.add_argument("--rounds", type=int, default=2, help="calls of each judge, in turn")
     ap.add_argument("--before", default="main", help="git revision of the code before (empty: skip it)")
     ap.add_argument("--recipe", default="default")
     ap.add_argument("--model", default="", help="the judge's base model (default: the recipe's)")
@@ -86,42 +105,47 @@ def main() -> None:
         tree = work / f"code-{rev}"
         if not tree.exists():
             tree.mkdir()
-            archive = subprocess.run(["git", "archive", rev, "alma_data"], cwd=ROOT, capture_output=True, check=True)
+            # the package and the resources a source checkout keeps beside it (alma_data/resources.py)
+            archive = subprocess.run(["git", "archive", rev, "alma_data", "sql", "pipelines", "data/seed"], cwd=ROOT,
+                                     capture_output=True, check=True)
             subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
         codes[f"before ({rev})"] = tree
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "alma_data"], cwd=ROOT, capture_output=True, text=True).stdout
     codes[f"after ({head}{'+changes' if dirty.strip() else ''})"] = ROOT
-    results = []
-    passthrough = ["--pairs", str(args.pairs), "--recipe", args.recipe, "--model", args.model]
+    argv = ["--pairs", str(args.pairs), "--shots", str(args.shots), "--rounds", str(args.rounds),
+            "--recipe", args.recipe, "--model", args.model]
     for s in args.set:
-        passthrough += ["--set", s]
-    for code, path in codes.items():
-        for shots in (args.shots, 0):
-            out = work / f"{len(results)}.json"
-            env = {**os.environ, "PYTHONPATH": f"{path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-                   "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
-            load0 = os.getloadavg()[0]
-            subprocess.run([sys.executable, __file__, "--step", "--out", str(out), "--shots", str(shots), *passthrough],
-                           env=env, check=True)
-            r = json.loads(out.read_text())
-            r.update(code=code, shots=shots, load_before=round(load0, 2), load_after=round(os.getloadavg()[0], 2))
-            results.append(r)
-            print(f"{code:22s} shots={shots}: {r['responses_per_s']:.2f} responses/s ({r['seconds']:.1f} s, "
-                  f"{r['pairs']} pairs, {r['dtype']}, batch {r['score_batch']}), scoring peak {r['score_peak_mib']} MiB "
-                  f"(from {r['score_start_mib']}), process peak {r['process_peak_mib']} MiB; question "
-                  f"{r['question_tokens_mean']:.0f} tokens, shared head {r['shared_head_tokens']}; "
-                  f"load {r['load_before']} -> {r['load_after']}", flush=True)
+        argv += ["--set", s]
+    results = {}
+    for i, (code, path) in enumerate(codes.items()):
+        print(f"{code}:", flush=True)
+        out = work / f"{i}.json"
+        env = {**os.environ, "PYTHONPATH": f"{path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+        subprocess.run([sys.executable, __file__, "--step", "--out", str(out), *argv], env=env, check=True)
+        results[code] = json.loads(out.read_text())
     print()
-    for code in codes:
-        few, zero = [next(r for r in results if r["code"] == code and r["shots"] == s) for s in (args.shots, 0)]
-        print(f"{code}: few-shot / zero-shot responses/s = {few['responses_per_s'] / zero['responses_per_s']:.2f}")
-    if len(codes) == 2:
+    names = list(next(iter(results.values()))["judges"])
+    for code, r in results.items():
+        rates = {}
+        for name in names:
+            j = r["judges"][name]
+            per_s = [c["responses_per_s"] for c in j["calls"]]
+            rates[name] = (max(per_s), statistics.median(per_s))
+            print(f"{code:22s} {name:9s}: best {rates[name][0]:.2f}, median {rates[name][1]:.2f} responses/s "
+                  f"({r['pairs']} pairs, {r['dtype']}, batch {r['score_batch']}; question "
+                  f"{j['question_tokens_mean']:.0f} tokens, {j['shared_head_tokens']} shared), peak "
+                  f"{max(c['peak_mib'] for c in j['calls'])} MiB")
+        (zb, zm), (fb, fm) = rates[names[0]], rates[names[1]]
+        print(f"{code:22s} {names[1]} / zero-shot: {fb / zb:.2f} (best), {fm / zm:.2f} (medians)")
+    if len(results) == 2:
         import numpy as np
 
-        for s in (args.shots, 0):
-            a, b = [np.array(next(r for r in results if r["code"] == c and r["shots"] == s)["scores"]) for c in codes]
-            print(f"shots={s}: largest difference of a real-valued score, before vs after: {np.abs(a - b).max():.2e}")
+        before, after = results.values()
+        for name in names:
+            a, b = (np.array(x["judges"][name]["scores"]) for x in (before, after))
+            print(f"{name}: largest difference of a real-valued score, before vs after: {np.abs(a - b).max():.2e}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
