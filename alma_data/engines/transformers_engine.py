@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,6 +47,66 @@ def common_prefix(seqs: list[list[int]]) -> list[int]:
     while k < n and all(s[k] == first[k] for s in seqs):
         k += 1
     return first[:k]
+
+
+def read_logprobs(logits: torch.Tensor, tokens: list[list[int]]) -> torch.Tensor:
+    """``log_softmax(logits)[b, tokens[b][c]]`` as float64 (B, C), without the whole vocabulary's log-probabilities."""
+    lse = torch.logsumexp(logits.float(), dim=-1, keepdim=True)
+    picked = logits.gather(-1, torch.tensor(tokens, device=logits.device)).float()
+    return (picked - lse).double().cpu()
+
+
+@dataclass
+class TokenTree:
+    """The distinct heads of a question's candidates, but their last token: one node each,
+    in first-seen order, so candidates that share their first tokens share those nodes."""
+    tokens: list[int] = field(default_factory=list)       # the node's own (last) token
+    depths: list[int] = field(default_factory=list)       # 0 for a candidate's first token
+    ancestors: list[list[int]] = field(default_factory=list)  # the nodes of its branch before it
+    index: dict[tuple[int, ...], int] = field(default_factory=dict)  # head -> node
+
+
+def token_tree(cands: list[list[int]]) -> TokenTree:
+    tree = TokenTree()
+    for seq in cands:
+        for k in range(1, len(seq)):
+            key = tuple(seq[:k])
+            if key in tree.index:
+                continue
+            parent = tree.index.get(key[:-1])
+            tree.index[key] = len(tree.tokens)
+            tree.tokens.append(seq[k - 1])
+            tree.depths.append(k - 1)
+            tree.ancestors.append([] if parent is None else tree.ancestors[parent] + [parent])
+    return tree
+
+
+def broadcast_cache(head, rows: int):
+    """The head's cache for ``rows`` rows, its tensors broadcast (``expand``, no copy): the next
+    forward's concatenation writes each row's own keys and values. A cache of other layers
+    than transformers' dynamic ones is deep-copied and repeated instead."""
+    if not tree_ready(head):
+        cache = copy.deepcopy(head)
+        cache.batch_repeat_interleave(rows)
+        return cache
+    cache = copy.copy(head)
+    cache.layers = []
+    for layer in head.layers:
+        new = copy.copy(layer)
+        if layer.keys is not None and layer.keys.numel():
+            new.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
+            new.values = layer.values.expand(rows, *layer.values.shape[1:])
+        cache.layers.append(new)
+    return cache
+
+
+def tree_ready(cache) -> bool:
+    """Whether a token tree can extend ``cache``: transformers' dynamic attention layers, full or
+    sliding-window (keys and values appended; no recurrent state)."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
 class TransformersEngine(Engine):
@@ -192,10 +253,19 @@ class TransformersEngine(Engine):
     @torch.inference_mode()
     def score_candidates(self, prompts: list[str], candidates: list[str], suffix: str = "",
                          progress=None) -> np.ndarray:
-        """One prefill per prompt; the candidates then run on copies of its KV cache.
+        """One prefill per prompt, then every candidate's tokens in one forward, as a tree.
 
-        The judge's questions all open with the same instructions: that common head is
-        prefilled once per call, and every batch continues from a copy of its cache.
+        The judge's questions all open with the same instructions (and, for a few-shot judge,
+        the same examples): that common head is prefilled once per call, and each batch of
+        ``score_batch`` questions continues from it, the head's keys and values broadcast to
+        the batch's rows (no copy until the questions' own tokens are appended). A candidate's
+        first token is read from the question's last logits; its later tokens from one more
+        forward over a token tree a question: the distinct heads of the candidates' tokens
+        ("1" of "1]]" and "10]]" once), each seeing its question's tokens (not the padding)
+        and the earlier tokens of its own branch, through a 4D attention mask, at the
+        positions that continue its question. So a batch's cache holds one row a question,
+        where copying it to every candidate held eleven; the result is the same
+        (tests/test_transformers_engine.py against that former way).
         """
         tok = self.tokenizer
         C = len(candidates)
@@ -212,8 +282,7 @@ class TransformersEngine(Engine):
         for start in range(0, len(prompts), self.score_batch):
             idx = order[start:start + self.score_batch]
             t0 = time.perf_counter()
-            batch = [prompts[i] for i in idx]
-            B = len(batch)
+            B = len(idx)
             rest = [encoded[i][len(head):] for i in idx]
             width = max(len(r) for r in rest)
             ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rest], device=self.device)
@@ -221,43 +290,19 @@ class TransformersEngine(Engine):
             # Padding sits between the shared head and each question's own part.
             mask = torch.cat([rest_mask.new_ones((B, len(head))), rest_mask], dim=1)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(head):]
-            cache = None
-            if head_cache is not None:
-                cache = copy.deepcopy(head_cache)
-                cache.batch_repeat_interleave(B)
+            cache = broadcast_cache(head_cache, B) if head_cache is not None else None
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                              use_cache=True, logits_to_keep=1)
-            first_logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
             cand = [[self.candidate_ids(prompts[i], c + suffix, head=encoded[i]) for c in candidates] for i in idx]
-            L = max(len(ids) for row in cand for ids in row)
-            logp = torch.zeros(B, C, dtype=torch.float64)
-            for b in range(B):
-                for c in range(C):
-                    logp[b, c] = first_logp[b, cand[b][c][0]].double()
-            if L > 1:
-                # Feed every candidate's tokens but the last on a copy of its prompt's cache.
-                cache = out.past_key_values
-                cache.batch_repeat_interleave(C)
-                ids = torch.full((B * C, L - 1), tok.pad_token_id, dtype=torch.long)
-                cmask = torch.zeros((B * C, L - 1), dtype=mask.dtype)
-                for b in range(B):
-                    for c in range(C):
-                        t = cand[b][c][:-1]
-                        if t:
-                            ids[b * C + c, : len(t)] = torch.tensor(t)
-                            cmask[b * C + c, : len(t)] = 1
-                ids, cmask = ids.to(self.device), cmask.to(self.device)
-                full_mask = torch.cat([mask.repeat_interleave(C, dim=0), cmask], dim=1)
-                start_pos = mask.sum(-1).repeat_interleave(C).unsqueeze(1)
-                cpos = start_pos + torch.arange(L - 1, device=self.device).unsqueeze(0)
-                step = self.model(input_ids=ids, attention_mask=full_mask, position_ids=cpos,
-                                  past_key_values=cache, use_cache=True)
-                step_logp = torch.log_softmax(step.logits.float(), dim=-1)  # (B*C, L-1, V)
-                for b in range(B):
-                    for c in range(C):
-                        t = cand[b][c]
-                        for k in range(1, len(t)):
-                            logp[b, c] += step_logp[b * C + c, k - 1, t[k]].double()
+            logp = read_logprobs(out.logits[:, -1, :], [[c[0] for c in row] for row in cand])
+            cache = out.past_key_values
+            del out
+            if any(len(c) > 1 for row in cand for c in row):
+                if tree_ready(cache):
+                    logp += self._tree_logprobs(cache, mask, cand)
+                else:
+                    logp += self._copies_logprobs(cache, mask, cand)
+            del cache
             probs = torch.softmax(logp, dim=-1).numpy()
             for row, i in enumerate(idx):
                 result[i] = probs[row]
@@ -266,6 +311,100 @@ class TransformersEngine(Engine):
             if progress is not None:
                 progress.update(B)
         return result
+
+    def _tree_logprobs(self, cache, mask: torch.Tensor, cand: list[list[list[int]]]) -> torch.Tensor:
+        """Log-probabilities of the candidates' tokens after their first, in one forward over
+        each question's token tree on the batch's cache (``mask``: the batch's 2D mask so far)."""
+        B, P, dev = mask.shape[0], mask.shape[1], self.device
+        trees = [token_tree(row) for row in cand]
+        T = max(len(t.tokens) for t in trees)
+        ids = torch.full((B, T), self.tokenizer.pad_token_id, dtype=torch.long)
+        depth = torch.zeros((B, T), dtype=torch.long)
+        sees = torch.zeros((B, T, T), dtype=torch.bool)  # a tree token: itself and its branch's earlier ones
+        for b, t in enumerate(trees):
+            n = len(t.tokens)
+            ids[b, :n] = torch.tensor(t.tokens, dtype=torch.long)
+            depth[b, :n] = torch.tensor(t.depths, dtype=torch.long)
+            sees[b, torch.arange(T), torch.arange(T)] = True  # a padding node sees itself (and the prompt)
+            for node, anc in enumerate(t.ancestors):
+                sees[b, node, anc] = True
+        ids, depth, sees = ids.to(dev), depth.to(dev), sees.to(dev)
+        prompt = mask.bool()[:, None, :].expand(B, T, P)
+        allowed = torch.cat([prompt, sees], dim=-1)  # (B, T, P + T)
+        pos = mask.sum(-1, keepdim=True) + depth  # each branch continues its question's positions
+        attn = self._tree_mask(cache, allowed, depth, P)
+        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                            use_cache=True).logits
+        rows, nodes, toks, where = [], [], [], []
+        for b, (t, row) in enumerate(zip(trees, cand)):
+            for c, seq in enumerate(row):
+                for k in range(1, len(seq)):
+                    rows.append(b)
+                    nodes.append(t.index[tuple(seq[:k])])
+                    toks.append(seq[k])
+                    where.append(b * len(row) + c)
+        C = len(cand[0])
+        rows_t, nodes_t = torch.tensor(rows, device=dev), torch.tensor(nodes, device=dev)
+        picked = logits[rows_t, nodes_t, torch.tensor(toks, device=dev)].float()
+        lse = torch.logsumexp(logits.float(), dim=-1)[rows_t, nodes_t]  # (B, T) reduced, then picked
+        total = torch.zeros(B * C, dtype=torch.float64)
+        total.index_add_(0, torch.tensor(where), (picked - lse).double().cpu())
+        return total.view(B, C)
+
+    def _tree_mask(self, cache, allowed: torch.Tensor, depth: torch.Tensor, P: int):
+        """The additive 4D mask of the tree step, one for full attention and, where the model has
+        sliding-window layers, one for those: they hold only the last ``window - 1`` positions,
+        and a token at padded position ``P + depth`` sees the positions after ``P + depth - window``
+        (the rule transformers' own sliding mask applies, padding counted as it counts it)."""
+        dtype = self.model.dtype
+        T = allowed.shape[1]
+
+        def additive(ok: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill(~ok, torch.finfo(dtype).min)[:, None]
+
+        sliding = [layer for layer in cache.layers if getattr(layer, "is_sliding", False)]
+        if not sliding:
+            return additive(allowed)
+        window = sliding[0].sliding_window
+        kept = min(P, window - 1)  # what the sliding layers hold of the prompt
+        j = torch.arange(P - kept, P, device=allowed.device)
+        in_window = j[None, None, :] > (P + depth)[:, :, None] - window
+        part = allowed[:, :, P - kept:P] & in_window
+        sliding_mask = additive(torch.cat([part, allowed[:, :, P:]], dim=-1))
+        if len(sliding) == len(cache.layers):
+            return sliding_mask
+        return {"full_attention": additive(allowed), "sliding_attention": sliding_mask}
+
+    def _copies_logprobs(self, cache, mask: torch.Tensor, cand: list[list[list[int]]]) -> torch.Tensor:
+        """The candidates' later tokens fed on copies of their question's cache, one a candidate:
+        for caches a token tree cannot extend (recurrent or linear-attention layers)."""
+        tok, dev = self.tokenizer, self.device
+        B, C = len(cand), len(cand[0])
+        L = max(len(ids) for row in cand for ids in row)
+        cache.batch_repeat_interleave(C)
+        ids = torch.full((B * C, L - 1), tok.pad_token_id, dtype=torch.long)
+        cmask = torch.zeros((B * C, L - 1), dtype=mask.dtype)
+        for b in range(B):
+            for c in range(C):
+                t = cand[b][c][:-1]
+                if t:
+                    ids[b * C + c, : len(t)] = torch.tensor(t)
+                    cmask[b * C + c, : len(t)] = 1
+        ids, cmask = ids.to(dev), cmask.to(dev)
+        full_mask = torch.cat([mask.repeat_interleave(C, dim=0), cmask], dim=1)
+        start_pos = mask.sum(-1).repeat_interleave(C).unsqueeze(1)
+        cpos = start_pos + torch.arange(L - 1, device=dev).unsqueeze(0)
+        logits = self.model(input_ids=ids, attention_mask=full_mask, position_ids=cpos,
+                            past_key_values=cache, use_cache=True).logits
+        logp = torch.zeros(B, C, dtype=torch.float64)
+        for b in range(B):
+            for c in range(C):
+                t = cand[b][c]
+                if len(t) > 1:
+                    row = logits[b * C + c, : len(t) - 1].float()
+                    picked = row[torch.arange(len(t) - 1), torch.tensor(t[1:], device=dev)]
+                    logp[b, c] = (picked - torch.logsumexp(row, dim=-1)).sum().double()
+        return logp
 
     def close(self) -> None:
         del self.model
