@@ -65,8 +65,14 @@ _libc: Any = None
 def release() -> None:
     """Free what nothing holds any more: Python's cycles, then glibc's free lists and the top
     of its heaps given back to the system (``malloc_trim``), where there is glibc."""
-    global _libc
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> bool:
+    """glibc's ``malloc_trim(0)``: the free memory inside its heaps, not only at their top, given
+    back to the system (tens of milliseconds; no garbage collection). False where there is no glibc."""
+    global _libc
     if _libc is None:
         try:
             _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -75,6 +81,7 @@ def release() -> None:
             _libc = False
     if _libc:
         _libc.malloc_trim(0)
+    return bool(_libc)
 
 
 def reset_high_water_mark() -> bool:

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from training.common import TrainSpec, common_args, prepare, run_and_save
+from training.common import TrainSpec, common_args, lean_memory, prepare, run_and_save
 
 RATING_PREFIX = "Rating: [["
 RATING_SUFFIX = "]]"
@@ -200,5 +200,6 @@ def train_soft_sft(model_path: str, dataset, out_dir: Path, spec: TrainSpec, *,
     args = SFTConfig(**common_args(spec, out_dir, len(dataset)), completion_only_loss=True, packing=False,
                      dataset_num_proc=None, eos_token=tokenizer.eos_token, gradient_checkpointing=False)
     trainer = _trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    lean_memory(trainer)  # the hard rows' loss is TRL's SFT loss
     trainer.data_collator = SoftTargetCollator(trainer.data_collator)
     return run_and_save(trainer, tokenizer, out_dir, spec, model_path, len(dataset), log, "sft-soft")

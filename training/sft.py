@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from training.common import TrainSpec, common_args, prepare, run_and_save
+from training.common import TrainSpec, common_args, lean_memory, prepare, run_and_save
 
 
 def train_sft(model_path: str, dataset, out_dir: Path, spec: TrainSpec, *, log: Callable[[str], None] = print,
@@ -27,4 +27,5 @@ def train_sft(model_path: str, dataset, out_dir: Path, spec: TrainSpec, *, log: 
     args = SFTConfig(**common_args(spec, out_dir, len(dataset)), completion_only_loss=True, packing=False,
                      dataset_num_proc=None, eos_token=tokenizer.eos_token)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    lean_memory(trainer)
     return run_and_save(trainer, tokenizer, out_dir, spec, model_path, len(dataset), log, "sft")
