@@ -225,15 +225,21 @@ def training_estimate(shape: ModelShape, *, batch_size: int, max_length: int, tr
     - activations: with gradient checkpointing each layer keeps its input (batch x length x
       hidden, float32) and one layer at a time is recomputed (about 20 x that); without it,
       every layer keeps about 20 x that;
-    - the loss: TRL scores tokens in tiles, never the batch's full-vocabulary logits, so a tile
-      of about 4096 positions x vocabulary (float32, with its gradient: x 3) is counted.
+    - the loss: never the batch's full-vocabulary logits. SFT (training/lm_head.py) scores a
+      chunk of labelled rows at a time (32 MiB of float32 logits; x 3 with its copies); DPO
+      keeps TRL's tiles, about 4096 positions x vocabulary (float32, with its gradient: x 3).
     ``processes`` launched trainings each hold all of it."""
     rows = batch_size * (2 if trainer == "dpo" else 1)
     states = 16 * shape.params
     layer_input = rows * max_length * shape.hidden * 4
     per_layer = 20 * layer_input
     activations = (shape.layers * layer_input + per_layer) if gradient_checkpointing else shape.layers * per_layer
-    loss = 3 * min(rows * max_length, 4096) * shape.vocab * 4
+    if trainer == "dpo":
+        loss = 3 * min(rows * max_length, 4096) * shape.vocab * 4
+    else:
+        from training.lm_head import rows_per_chunk
+
+        loss = 3 * min(rows * max_length, rows_per_chunk(shape.vocab)) * shape.vocab * 4
     total = (states + activations + loss) / MIB * max(1, processes)
     what = (f"{shape.params / 1e6:.0f}M parameters: weights, gradients and AdamW states {states / MIB / 1024:.1f} GiB, "
             f"activations {activations / MIB / 1024:.1f} GiB, loss tiles {loss / MIB / 1024:.1f} GiB"

@@ -109,8 +109,8 @@ def test_sft_trains_through_the_cpu_head_with_trls_loss(tiny_model, tmp_path, mo
     from alma_data import memory
     from training import TrainSpec, heap, train_sft
 
-    rows = [{"prompt": f"Question {i}: what is {i} plus {i}?", "completion": f"It is {2 * i}, since {i} + {i} = {2 * i}."}
-            for i in range(8)]
+    rows = [{"prompt": f"Question {i}: what is {i} plus {i}?",
+             "completion": f"It is {2 * i}, since {i} + {i} = {2 * i}."} for i in range(8)]
     spec = TrainSpec(batch_size=4, max_length=64, max_steps=2, learning_rate=1e-3, seed=0)
     calls, trims = [], []
     head, trim = lm_head.HeadLogProbs.apply, memory.trim_heap

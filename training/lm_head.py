@@ -128,7 +128,9 @@ def applies(model) -> bool:
     """Whether :class:`HeadLogProbs` computes what the model's own head does: a plain linear
     head without bias, and logits neither scaled nor soft-capped, nor an MoE router's loss."""
     text = model.config.get_text_config()
-    if any(getattr(text, k, None) is not None for k in _LOGIT_TRANSFORMS) or getattr(text, "output_router_logits", False):
+    if any(getattr(text, k, None) is not None for k in _LOGIT_TRANSFORMS):
+        return False
+    if getattr(text, "output_router_logits", False):
         return False
     head = model.get_output_embeddings()
     return isinstance(head, torch.nn.Linear) and head.bias is None
