@@ -131,6 +131,18 @@ def libraries_quiet() -> bool:
     return os.environ.get(LIBRARIES_ENV) == "quiet"
 
 
+def columns() -> int:
+    """The width of the terminal the build's lines go to: ``COLUMNS`` where set, else the
+    terminal's own (read from the stream that still points at it), else 120."""
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return os.get_terminal_size(terminal().fileno()).columns
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return 120
+
+
 def log_path(local_root: Path) -> Path:
     """This build's log file in the run: ``logs/build-<YYYYmmdd-HHMMSS>.log``."""
     return Path(local_root) / "logs" / f"build-{time.strftime('%Y%m%d-%H%M%S')}.log"

@@ -172,8 +172,8 @@ def _build_stages(recipe: Recipe, store: Store, target_round: int, ctx: Context)
     ctx.log(f"building run {store.run!r} ({store.where()}) to round {target_round}, recipe {recipe.name} "
             f"[{recipe.fingerprint()}], model {recipe.model}")
     where = f"{store.where().rstrip('/')}/logs/{ctx.out.path.name}" if store.remote else ctx.out.path
-    ctx.log(f"log: {where} (" + ("the libraries' output too)" if ctx.out.verbose else
-                                 "the libraries' progress bars and logs, off this screen; --verbose shows them)"))
+    ctx.log(f"log: {where} (" + ("with the libraries' output)" if ctx.out.verbose else
+                                 "the libraries' output; --verbose shows it here)"))
     # The seeds passed: the run takes this recipe (a refused seed file leaves run.json as it was).
     run_stages(ctx, build_plan(recipe, target_round),
                after_seeds=lambda: store.write_run(recipe.to_dict(), recipe.fingerprint()))

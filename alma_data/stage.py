@@ -181,11 +181,22 @@ class Context:
         """One real row of a table just written, and the query that shows the rest, so the
         first model output is on screen minutes into a build rather than at its end;
         ``before``: (model, its answer) to show beside it, what the answer was."""
-        clip = lambda t, n: (" ".join(t.split())[:n] + ("..." if len(" ".join(t.split())) > n else ""))
+        from alma_data.console import columns
+
+        width = columns()
+
+        def clip(text: str, head: str, tail: str = "") -> str:
+            """``head`` + the text quoted and cut to fit the line + ``tail``."""
+            flat = " ".join(text.split())
+            room = max(24, width - len(head) - len(tail) - 5)  # the quotes and "..."
+            return head + repr(flat[:room] + ("..." if len(flat) > room else "")) + tail
+
         judged = "" if score is None else f"  (judge: {score:.2f})"
-        was = "" if before is None else f"\n    {before[0]} had: {clip(before[1], 160)!r}"
-        self.log(f"  e.g. {what}: {clip(prompt, 70)!r}\n    -> {clip(answer, 160)!r}{judged}{was}\n"
-                 f"  all of them: alma-data query {self.store.cli_args()} \"{query}\"")
+        lines = [clip(prompt, f"  e.g. {what}: "), clip(answer, "    -> ", judged)]
+        if before is not None:
+            lines.append(clip(before[1], f"    {before[0]} had: "))
+        lines.append(f"  all of them: alma-data query {self.store.cli_args()} \"{query}\"")
+        self.log("\n".join(lines))
 
     def open_engine(self, model_path: str, *, name: str = "base", round: int | None = None,
                     role: str = "sample"):
@@ -277,7 +288,7 @@ class Context:
             self.log(f"[round {round}] {name}: already done ({info.get('rows', '?')} rows), skipped")
         else:
             extra = f", {info['rate']}" if info.get("rate") else ""
-            children = (f" (+{memory['children_peak_memory_mib']:,} MiB in its processes)"
+            children = (f" + {memory['children_peak_memory_mib']:,} in processes"
                         if memory.get("children_peak_memory_mib") else "")
             self.log(f"[round {round}] {name}: {info.get('rows', 0):,} rows in {seconds:.1f}s{extra}, "
                      f"peak {memory['peak_memory_mib']:,} MiB{children}")

@@ -137,7 +137,8 @@ def stage_job(job: TrainJob, log: Callable[[str], None]) -> Staged:
     dataset = make_dataset(job, store)
     precision = precision_record(job.bf16_setting, spec.bf16)
     where = f" with {spec.num_processes} processes ({job.launcher})" if job.launcher != "inprocess" else ""
-    log(f"  training {job.name} from {job.base} on {len(dataset)} examples in {precision['dtype']} "
+    base = Path(str(job.base)).name if Path(str(job.base)).is_dir() else job.base  # not the model cache's path
+    log(f"  training {job.name} from {base} on {len(dataset)} examples in {precision['dtype']} "
         f"({precision['why']}){where}")
     return Staged(store, tmp, spec, dataset, precision)
 

@@ -73,7 +73,7 @@ def test_sets_added_to_a_built_run_are_measured_and_nothing_else_is_redone(measu
                    "prompt set summary"], ran
     assert "--force" not in proc.stderr
     # the sets' own lines in the build's log: accuracy with its interval, the long pair counted
-    assert "judge quality, plain, fine-tuned: pairwise accuracy real-valued" in proc.stderr
+    assert "judge quality, plain, fine-tuned: real-valued" in proc.stderr
     assert "1 pairs over judge.max_length=192 tokens left unscored" in proc.stderr
     # A later build that names no sets goes on measuring the run's: nothing to do, no rows dropped.
     again = run_cli("build", "round=3", "recipe=tiny", f"runs_dir={runs}", "run=shared")

@@ -252,12 +252,12 @@ def judge_quality(ctx: Context, stage: Stage, h: str) -> dict:
         if (eval_set, r) not in ties and "ties_int" in acc:
             ties[(eval_set, r)] = (acc["ties_int"]["n"], int(acc["ties_real"]["value"] or 0),
                                    int(acc["ties_int"]["value"] or 0))
-        ctx.log(f"  judge quality, {eval_set}, {r}: pairwise accuracy " + ", ".join(
+        ctx.log(f"  judge quality, {eval_set}, {r}: " + ", ".join(
             f"{k.removeprefix('pairwise_accuracy_').replace('int', 'integer').replace('real', 'real-valued')} "
             f"{_ci(acc[k])}" for k in ("pairwise_accuracy_real", "pairwise_accuracy_int") if k in acc)
-            + _ties_words(*ties.get((eval_set, r), (None, 0, 0)))
             + (f", {int(acc['pairs_too_long']['value'])} pairs too long" if acc.get("pairs_too_long", {}).get("value")
-               else ""))
+               else "")
+            + _ties_words(*ties.get((eval_set, r), (None, 0, 0))))
     return {"rows": m["rows"]}
 
 
@@ -271,14 +271,15 @@ def _heldout_ties(store, round: int, table: str) -> tuple[int, int, int]:
 
 
 def _ties_words(pairs: int | None, real: int, integer: int) -> str:
-    """`` over 24 pairs, a tie counting as wrong (24 tied on integer scores, none on real-valued)``."""
+    """``\n    pairwise accuracy over 24 pairs, a tie counting as wrong (24 tied on integer scores, none on
+    real-valued)``: a line of its own under the accuracies, so both fit a terminal's width."""
     if pairs is None:
         return ""
     if not (real or integer):
-        return f" over {pairs} pairs (no ties)"
+        return f"\n    pairwise accuracy over {pairs} pairs (no ties)"
     both = (f"{integer} tied on integer scores, {real or 'none'} on real-valued" if integer
             else f"{real} tied on real-valued scores, none on integer")
-    return f" over {pairs} pairs, a tie counting as wrong ({both})"
+    return f"\n    pairwise accuracy over {pairs} pairs, a tie counting as wrong ({both})"
 
 
 def _ci(q: dict) -> str:

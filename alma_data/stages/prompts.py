@@ -228,7 +228,8 @@ def cluster_candidates(ctx: Context, stage: Stage, h: str) -> dict:
             for pid, p, s, c, v in zip(unique["prompt_id"].to_pylist(), texts, unique["shots"].to_pylist(), labels, vectors)]
     m = write_table(store, round, "prompt_clusters", rows, config_hash=h, schema=CLUSTERED, inputs=stage.inputs,
                     dedup=counts, clusters=n_clusters, embedder=cfg.embedder)
-    return {"rows": m["rows"], "rate": f"{n_clusters} clusters; dedup: {dedup_words(counts, len(texts))}"}
+    ctx.log(f"  dedup: {dedup_words(counts, len(texts))}")
+    return {"rows": m["rows"], "rate": f"{n_clusters} clusters"}
 
 
 DEDUP_WORDS = {"duplicate": ("exact duplicate", "exact duplicates"),
