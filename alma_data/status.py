@@ -38,7 +38,33 @@ def run_status(store: Store) -> tuple[dict, list[Item]]:
                 item.state, item.detail = "stale", item.detail + "; made under another configuration, the next build redoes it"
             item.stage, item.memory = stage.name, ran.get((r, stage.name))
             items.append(item)
+    _lost_manifests(store, items)
     return info, items
+
+
+def _lost_manifests(store: Store, items: list[Item]) -> None:
+    """A table or checkpoint without its manifest is unfinished to a build, but where a finished
+    one was built or made with it, it is damage, as ``verify`` says: what stands on it stands on
+    nothing, and a build of its round alone would not redo what was built from it."""
+    from alma_data.store.integrity import missing_checkpoints, missing_inputs
+
+    lost: dict[str, object] = {}
+    for it in items:
+        if it.state not in ("done", "stale"):
+            continue
+        try:
+            m = store.checkpoint_manifest(it.round, it.name) if it.kind == "checkpoint" else store.manifest(it.round, it.name)
+        except Exception:  # noqa: BLE001 - an unreadable manifest is the cheap check's to report
+            continue
+        for d in (missing_inputs(store, m) + missing_checkpoints(store, m)) if m else []:
+            lost.setdefault(str(d.where), d)
+    for it in items:
+        if it.state not in ("missing", "partial"):
+            continue
+        tail = f"round={it.round}/" + ("checkpoints/" if it.kind == "checkpoint" else "") + f"{it.name}/_manifest.json"
+        found = [d for where, d in lost.items() if where.endswith(tail)]
+        if found:
+            it.state, it.detail, it.damage = "damaged", "its manifest is gone", found[:1]
 
 
 def last_runs(store: Store) -> dict[tuple[int, str], dict]:
