@@ -138,9 +138,16 @@ def build_report(store: Store) -> Path:
         load_sql("report_score_histogram"), hist)
 
     def curve(ax, rows):
+        import numpy as np
+
+        from alma_data.intervals import bootstrap
+
         for i, (rnd, pts) in enumerate(_by_round(rows).items()):
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=_color(i),
-                    label=f"round {rnd} (n={pts[0][2]} prompts)")
+            # (n, mean, low, high): the mean over prompts of each prompt's exact expectation, and
+            # its 95% bootstrap interval over the prompts
+            ci = [(p[0], *bootstrap(np.asarray(p[3], dtype=np.float64))) for p in pts]
+            ax.errorbar([c[0] for c in ci], [c[1] for c in ci], yerr=_err(ci), marker="o", capsize=3,
+                        color=_color(i), label=f"round {rnd} (n={pts[0][2]} prompts)")
         ax.set_xscale("log", base=2)
         ns = sorted({p[0] for pts in _by_round(rows).values() for p in pts})
         ax.set_xticks(ns, [str(n) for n in ns])
@@ -151,7 +158,8 @@ def build_report(store: Store) -> Path:
 
     add("best_of_n_curve", "Best-of-n: expected best score against n",
         "The expected best score when n of a prompt's N responses are drawn (the paper's Figure 3), averaged "
-        "over the round's prompts (n in the legend); an exact expectation, so no interval.",
+        "over the round's prompts (n in the legend), with its 95% bootstrap interval over those prompts (each "
+        "prompt's expectation over the draws is exact).",
         load_sql("best_of_n_curve"), curve)
 
     def progress(ax, rows):

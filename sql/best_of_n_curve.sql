@@ -28,7 +28,8 @@ weighted AS (
     FROM scored s JOIN ns ON s.round = ns.round AND s.big_n = ns.big_n
     GROUP BY ALL
 )
-SELECT round, n, avg(expected_best) AS expected_best_score, count(*) AS prompts
+SELECT round, n, avg(expected_best) AS expected_best_score, count(*) AS prompts,
+       list(expected_best ORDER BY prompt_id) AS per_prompt  -- for an interval over prompts
 FROM weighted
 GROUP BY ALL
 ORDER BY round, n
