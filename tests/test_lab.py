@@ -190,3 +190,33 @@ def test_lab_command_takes_its_seeds_as_a_key(tmp_path):
     result = json.loads((tmp_path / "lab.json").read_text())
     assert result["seeds"] == [7] and (tmp_path / "lab-s7").is_dir() and not (tmp_path / "lab-s0").exists()
     assert len(result["figures"]["rounds/M1 held-out"]["per_seed"]) == 1
+
+
+def test_each_lab_model_has_its_own_cache_folder_and_a_stale_one_is_refused(tmp_path, monkeypatch):
+    """The model cache knows a model by name only: every lab size is its own embedded name,
+    and a cached folder made with another version or shape is refused before a build."""
+    from dataclasses import asdict
+
+    from alma_data.errors import AlmaError
+    from alma_data.lab.base_model import MODELS, VERSION
+    from alma_data.lab.runner import check_base_model
+    from alma_data.models import EMBEDDED, cache_dir
+
+    monkeypatch.setenv("ALMA_DATA_CACHE", str(tmp_path))
+    assert set(MODELS) <= set(EMBEDDED) and len({tuple(asdict(s).items()) for s in MODELS.values()}) == len(MODELS)
+    for name, shape in MODELS.items():  # folders as the builder leaves them (no pretraining here)
+        folder = cache_dir() / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        (folder / "lab_base.json").write_text(json.dumps({"version": VERSION, "name": name, "shape": asdict(shape)}))
+        check_base_model(name)
+    small = cache_dir() / "lab-small" / "lab_base.json"
+    small.write_text(json.dumps({"version": VERSION, "shape": asdict(MODELS["lab-tiny"])}))
+    with pytest.raises(AlmaError, match="remove that folder"):
+        check_base_model("lab-small")
+    tiny = cache_dir() / "lab-tiny" / "lab_base.json"
+    tiny.write_text(json.dumps({"version": VERSION}))  # lab-tiny as version 2 wrote it: no shape, still current
+    check_base_model("lab-tiny")
+    tiny.write_text(json.dumps({"version": VERSION - 1}))
+    with pytest.raises(AlmaError, match="remove that folder"):
+        check_base_model("lab-tiny")

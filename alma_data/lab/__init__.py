@@ -17,14 +17,20 @@ from pathlib import Path
 from alma_data.models import register_embedded
 
 
-def _build_lab_tiny(out: Path) -> None:
-    from alma_data.lab.base_model import build_embedded  # torch and the pretraining: only when built
+def _builder(name: str):
+    def build(out: Path) -> None:
+        from alma_data.lab.base_model import build_embedded  # torch and the pretraining: only when built
 
-    build_embedded(out)
+        build_embedded(out, name)
+
+    return build
 
 
-# The lab's model joins the embedded ones when the lab is imported (the command line's `lab`
+# The lab's models join the embedded ones when the lab is imported (the command line's `lab`
 # command imports it, so `alma-data build recipe=lab` finds it too); the foundations below
-# never import the lab. Its folder in the cache is <cache>/models/lab-tiny, as before.
-register_embedded("lab-tiny", "a ~1M-weight llama pretrained here on the lab's domain (recipe=lab, minutes once)",
-                  _build_lab_tiny)
+# never import the lab. Each has its own folder in the cache, <cache>/models/<name>
+# (lab-tiny's as before). Their shapes: alma_data.lab.base_model.MODELS.
+register_embedded("lab-tiny", "a ~0.8M-weight llama pretrained here on the lab's domain (recipe=lab, minutes once)",
+                  _builder("lab-tiny"))
+register_embedded("lab-small", "a ~4M-weight llama pretrained here on the lab's domain (model=lab-small, "
+                  "half an hour once)", _builder("lab-small"))

@@ -19,10 +19,33 @@ import random
 import time
 from pathlib import Path
 
+from dataclasses import asdict, dataclass
+
 from alma_data.lab.domain import graded_answer, random_example
 
 VERSION = 2
 """Bumped when the corpus or the training changes (the cache folder is named after it)."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One lab base model: its llama's size and its pretraining (the same corpus for all)."""
+    hidden: int
+    layers: int
+    heads: int = 4
+    steps: int = 1200
+    lr: float = 3e-3
+    batch: int = 16
+
+
+MODELS = {
+    "lab-tiny": Shape(hidden=128, layers=4),
+    "lab-small": Shape(hidden=256, layers=6, steps=2400, lr=2e-3),
+}
+"""The lab's base models by embedded name. The model cache knows a model by its name only
+(``<cache>/models/<name>``), so each size is its own name, and each folder records the
+version and shape it was made with (``lab_base.json``), which
+:func:`alma_data.lab.runner.check_base_model` compares with these before a lab build."""
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -67,7 +90,7 @@ def train_tokenizer(docs: list[str], vocab_size: int = 1024):
 
 
 def pretrain(out: Path, *, steps: int = 1200, block: int = 128, batch: int = 16, lr: float = 3e-3,
-             hidden: int = 128, layers: int = 4, seed: int = 0, log=print) -> dict:
+             hidden: int = 128, layers: int = 4, heads: int = 4, seed: int = 0, log=print) -> dict:
     """Pretrain M0 into ``out`` (save_pretrained layout); returns a summary."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -81,7 +104,7 @@ def pretrain(out: Path, *, steps: int = 1200, block: int = 128, batch: int = 16,
     n_blocks = len(ids) // block
     data = torch.tensor(ids[: n_blocks * block]).view(n_blocks, block)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          tie_word_embeddings=True)
@@ -115,9 +138,14 @@ def pretrain(out: Path, *, steps: int = 1200, block: int = 128, batch: int = 16,
             "seconds": round(time.time() - t0, 1)}
 
 
-def build_embedded(out: Path) -> None:
-    """The builder of the embedded model ``lab-tiny`` (:mod:`alma_data.models`)."""
+def build_embedded(out: Path, name: str = "lab-tiny") -> None:
+    """The builder of the embedded lab model ``name`` (:mod:`alma_data.models`)."""
+    import json
     import sys
 
-    summary = pretrain(out, log=lambda m: print(m, file=sys.stderr, flush=True))
-    (out / "lab_base.json").write_text(__import__("json").dumps({"version": VERSION, **summary}, indent=1))
+    shape = MODELS[name]
+    summary = pretrain(out, steps=shape.steps, batch=shape.batch, lr=shape.lr, hidden=shape.hidden,
+                       layers=shape.layers, heads=shape.heads,
+                       log=lambda m: print(f"{m} ({name})", file=sys.stderr, flush=True))
+    (out / "lab_base.json").write_text(json.dumps({"version": VERSION, "name": name, "shape": asdict(shape),
+                                                   **summary}, indent=1))

@@ -99,19 +99,25 @@ def seed_overrides(seed: int, m1_checkpoints: int = 2) -> dict[str, str]:
 
 
 def check_base_model(model: str) -> None:
-    """The cached ``lab-tiny`` must be the one today's :mod:`alma_data.lab.base_model` makes: the
-    model cache knows models by name only, so a changed corpus or training would go unseen."""
-    if model != "lab-tiny":
+    """A cached lab model (``lab-tiny``, ``lab-small``) must be the one today's
+    :mod:`alma_data.lab.base_model` makes: the model cache knows models by name only, so a
+    changed corpus, training or shape would go unseen."""
+    from alma_data.lab.base_model import MODELS, VERSION
+
+    if model not in MODELS:
         return
+    from dataclasses import asdict
+
     from alma_data.errors import AlmaError
-    from alma_data.lab.base_model import VERSION
     from alma_data.models import resolve
 
     folder = Path(resolve(model))
-    made = json.loads((folder / "lab_base.json").read_text()).get("version") if (folder / "lab_base.json").is_file() else None
-    if made != VERSION:
-        raise AlmaError(f"{folder} holds lab-tiny version {made}, this alma-data makes version {VERSION}; "
-                        f"remove that folder and run again to pretrain it anew (minutes)")
+    made = json.loads((folder / "lab_base.json").read_text()) if (folder / "lab_base.json").is_file() else {}
+    shape = made.get("shape", asdict(MODELS["lab-tiny"]) if model == "lab-tiny" else None)  # version 2 kept none
+    if made.get("version") != VERSION or shape != asdict(MODELS[model]):
+        raise AlmaError(f"{folder} holds {model} version {made.get('version')} of shape {shape}, this alma-data makes "
+                        f"version {VERSION} of shape {asdict(MODELS[model])}; remove that folder and run again to "
+                        f"pretrain it anew (minutes)")
 
 
 def build_all(runs_dir: Path, size: LabSize, log=print, quiet: bool = True) -> dict:
