@@ -7,12 +7,14 @@ import ast
 import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from alma_data.lab import domain, oracle
+from alma_data.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,28 +95,30 @@ def _imports(path: Path) -> set[str]:
 
 def test_oracle_is_never_read_by_a_build():
     """No module of the library or the trainer but the measuring ones imports the oracle or
-    the measurements (the runner imports them only after its builds). At run time the smoke
-    run below builds with the oracle sealed."""
+    the measurements, nor the lab's figures (which draw the measurements and import neither);
+    the runner imports them only after its builds. At run time the smoke run below builds
+    with the oracle sealed."""
     sources = sorted((ROOT / "alma_data").rglob("*.py")) + sorted((ROOT / "training").rglob("*.py"))
+    lab_only = ("alma_data.lab.oracle", "alma_data.lab.measure", "alma_data.lab.figures")
     offenders = []
     for path in sources:
         rel = path.relative_to(ROOT).as_posix()
         if rel in MEASURING:
             continue
-        hits = {n for n in _imports(path) if n.startswith(("alma_data.lab.oracle", "alma_data.lab.measure"))
-                or n in ("alma_data.lab.oracle", "alma_data.lab.measure")}
+        hits = {n for n in _imports(path) if n.startswith(lab_only)}
         if rel == "alma_data/lab/runner.py":
             # allowed only inside run_lab, after build_all
             text = path.read_text()
-            assert text.index("import measure_lab") > text.index("build_seconds = build_all(")
+            for module in ("measure", "figures"):
+                assert text.index(f"from alma_data.lab.{module} import") > text.index("build_seconds = build_all(")
             continue
-        if hits or "from alma_data.lab import oracle" in path.read_text():
+        if hits or re.search(r"from alma_data\.lab import .*\b(oracle|measure|figures)\b", path.read_text()):
             offenders.append(rel)
     assert offenders == []
 
 
 def test_measure_figures_on_a_pool():
-    from alma_data.lab.measure import best_of_n_curve, mix_vs_latest, pick_oracle, pool_pair_outcomes
+    from alma_data.lab.measure import best_of_n_curve, best_of_n_ns, mix_vs_latest, pick_oracle, pool_pair_outcomes
 
     pool = {"p": [{"response_id": f"r{i}", "checkpoint": ck, "score": s, "score_int": round(s), "oracle": o}
                   for i, (ck, s, o) in enumerate([("m1a", 2.2, 1.0), ("m1b", 2.4, 3.0), ("m2", 8.9, 9.0),
@@ -123,6 +127,13 @@ def test_measure_figures_on_a_pool():
     curve = best_of_n_curve(pool, [1, 2, 6])
     assert curve[1][0] == pytest.approx(np.mean([1, 3, 9, 4, 0, 8]))
     assert curve[1][0] < curve[2][0] < curve[6][0] == 9.0
+    assert best_of_n_ns(6) == [1, 2, 4, 6] and best_of_n_ns(8) == [1, 2, 4, 8] and best_of_n_ns(0) == []
+    oracle_scores = [1, 3, 9, 4, 0, 8]
+    ceiling = best_of_n_curve(pool, best_of_n_ns(6), rank="oracle")  # the oracle's own best of n
+    assert ceiling[1][0] == pytest.approx(curve[1][0]) and ceiling[6][0] == 9.0
+    assert ceiling[2][0] == pytest.approx(np.mean([max(a, b) for i, a in enumerate(oracle_scores)
+                                                   for b in oracle_scores[i + 1:]]))
+    assert all(ceiling[n][0] >= best_of_n_curve(pool, [n])[n][0] for n in best_of_n_ns(6))
     only, mixed = mix_vs_latest(pool, "m2", draws=50)
     assert 0 <= mixed[0] <= 9 and only[0] == 9.0  # all three of m2's: its best is always drawn
     outcomes = pool_pair_outcomes(pool, "score_int")
@@ -176,7 +187,35 @@ def test_lab_smoke_run(tmp_path, monkeypatch):
     assert len(figures["rounds/M1 held-out"]["per_seed"]) == len(runner.SIZES["smoke"].seeds)
     assert {c["verdict"] for c in result["comparisons"]} <= {"held", "did not hold", "could not be told apart",
                                                              "could not be measured", "not run at this size"}
-    assert json.loads((tmp_path / "lab.json").read_text())["size"] == "smoke"
+    saved = json.loads((tmp_path / "lab.json").read_text())
+    assert saved["size"] == "smoke"
+    # lab.html and lab.md show each figure, drawn beside them as a PNG
+    page = (tmp_path / "lab.html").read_text()
+    for name, title in (("lab_rounds", "Figure 2 in the lab"), ("lab_best_of_n", "Figure 3 in the lab"),
+                        ("lab_ladder", "The judge ladder")):
+        png = (tmp_path / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000, name
+        assert f"<img src='{name}.png'" in page and title in page and f"]({name}.png)" in table, name
+    assert "<table>" in page and "integer -&gt; real-valued" in page and "ladder/base few-shot" in page
+    # the judge ladder: the base few-shot rung measured, the others the figures measured once
+    figures = saved["figures"]
+    assert all(0 <= v <= 1 for v in figures["ladder/base few-shot"]["per_seed"])
+    for rung, key in (("fine-tuned, integer", "int_vs_real/judge test, integer"),
+                      ("fine-tuned, real-valued", "int_vs_real/judge test, real-valued"),
+                      ("self-distilled rounded", "distill/judge test, rounded"),
+                      ("self-distilled soft", "distill/judge test, soft")):
+        assert figures[f"ladder/{rung}"]["per_seed"] == figures[key]["per_seed"]
+    # best-of-n: n = 1, 2, 4, ... N, the judge's pick never above the oracle's own best of n
+    ns = sorted(int(k.split("=")[1]) for k in figures if k.startswith("best_of_n/n="))
+    assert ns == sorted(int(k.split("=")[1]) for k in figures if k.startswith("best_of_n_oracle/n="))
+    if any(figures["prompts in the round-2 pool the oracle reads"]["per_seed"]):
+        responses = Store(tmp_path, "lab-s0").read(2, "responses", columns=["prompt_id"]).column("prompt_id")
+        assert ns[0] == 1 and ns[-1] == max(Counter(responses.to_pylist()).values())
+        for n in ns:
+            judge, ceiling = figures[f"best_of_n/n={n}"]["per_seed"], figures[f"best_of_n_oracle/n={n}"]["per_seed"]
+            assert all(pick <= best + 1e-9 for pick, best in zip(judge, ceiling)), n
+    else:  # the random model wrote no prompt the oracle reads: nothing to pick among, and the page says so
+        assert ns == [] and "no prompt the oracle reads" in page
 
 
 def test_lab_command_takes_its_seeds_as_a_key(tmp_path):

@@ -74,13 +74,21 @@ def pick_oracle(pool: dict[str, list[dict]], key: str, seed: int = 0) -> np.ndar
                      for rows in pool.values()])
 
 
-def best_of_n_curve(pool: dict[str, list[dict]], ns: list[int]) -> dict[int, np.ndarray]:
-    """n -> per prompt, the oracle's expected score of the judge's pick among n of the N responses
-    drawn without replacement (ranked by real-valued score, ties by id); the exact expectation,
-    as ``sql/best_of_n_curve.sql`` computes it for the judge's own score."""
+def best_of_n_ns(big: int) -> list[int]:
+    """The n of a best-of-n curve over N = ``big`` responses: 1, 2, 4, ... up to N, and N itself
+    (as ``sql/best_of_n_curve.sql`` draws it)."""
+    return sorted({2 ** e for e in range(big.bit_length()) if 2 ** e <= big} | ({big} if big else set()))
+
+
+def best_of_n_curve(pool: dict[str, list[dict]], ns: list[int], rank: str = "score") -> dict[int, np.ndarray]:
+    """n -> per prompt, the oracle's expected score of the pick among n of the N responses drawn
+    without replacement, the pick being the response ranked first by ``rank`` (``score``: the
+    judge's real-valued score, ties by id; ``oracle``: the oracle's own, the ceiling a judge
+    could reach); the exact expectation, as ``sql/best_of_n_curve.sql`` computes it for the
+    judge's own score. A prompt with fewer than n responses is left out of n's."""
     out: dict[int, list[float]] = {n: [] for n in ns}
     for rows in pool.values():
-        ranked = sorted(rows, key=lambda r: (r["score"], r["response_id"]))
+        ranked = sorted(rows, key=lambda r: (r[rank], r["response_id"]))
         big = len(ranked)
         for n in ns:
             if n > big:
@@ -125,6 +133,26 @@ def judge_on_pairs(store: Store, round: int, name: str, pairs: list[dict]) -> di
             "integer": intervals.pair_outcomes(integer[:k], integer[k:])}
 
 
+def base_few_shot_on_pairs(store: Store, pairs: list[dict]) -> np.ndarray:
+    """Per pair, 1 / 0.5 / 0 as the run's base model (``recipe.model``, the untrained M0) asked
+    as the few-shot judge orders it by its real-valued scores: the judge the build's ``judge eval
+    base few-shot`` stage opens (:func:`alma_data.judges.open_any_judge`, ``judge.eval_shots``
+    of the run's seed annotations the judge is not evaluated on, drawn with the recipe's seed).
+    NaN outcomes when the recipe leaves that rung out (``judge.eval_shots=0``)."""
+    from alma_data.judges import open_any_judge
+
+    recipe = recipe_from_dict(store.read_run()["recipe"])
+    if not recipe.judge.eval_shots:
+        return np.full(len(pairs), np.nan)
+    judge = open_any_judge("base", recipe, store, shots=recipe.judge.eval_shots, seed=recipe.seed)
+    try:
+        _, real, _ = judge.score([p["prompt"] for p in pairs] * 2,
+                                 [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+    finally:
+        judge.close()
+    return intervals.pair_outcomes(real[:len(pairs)], real[len(pairs):])
+
+
 def pool_pair_outcomes(pool: dict[str, list[dict]], key: str) -> np.ndarray:
     """Within each prompt, every pair of responses the oracle tells apart by >= 1 point:
     1 / 0.5 / 0 as the judge's ``key`` orders it right / ties / wrong."""
@@ -149,7 +177,9 @@ def measure_seed(runs_dir: Path, seed: int, target: int, pairs: list[dict], log=
     sib = lambda name: Store(runs_dir, f"lab-s{seed}-{name}")
     f: dict[str, object] = {}
     for r in range(1, target + 1):
-        f[f"rounds/M{r} held-out"] = mean(list(eval_oracle(parent, r).values()))
+        held_out = eval_oracle(parent, r)
+        f[f"rounds/M{r} held-out"] = mean(list(held_out.values()))
+    f["held-out prompts the oracle scores"] = len(held_out)
     pool2 = response_pool(parent, 2)
     j1 = judge_on_pairs(parent, 1, "judge", pairs)
     f["int_vs_real/judge test, integer"] = mean(j1["integer"])
@@ -173,15 +203,28 @@ def measure_seed(runs_dir: Path, seed: int, target: int, pairs: list[dict], log=
         only, mixed = mix_vs_latest(pool3, "m2", seed=seed)
         f["mix/best-of-3 pick, latest only"] = mean(only)
         f["mix/best-of-3 pick, 1:1:1"] = mean(mixed)
-    n_big = max((len(v) for v in pool2.values()), default=0)
-    ns = sorted({1, 2, 4, 8, n_big} & set(range(1, n_big + 1)))
+    ns = best_of_n_ns(max((len(v) for v in pool2.values()), default=0))
     for n, v in best_of_n_curve(pool2, ns).items():
         f[f"best_of_n/n={n}"] = mean(v)
-    f["best_of_n/oracle's own best of N"] = mean([max(r["oracle"] for r in rows) for rows in pool2.values()])
+    for n, v in best_of_n_curve(pool2, ns, rank="oracle").items():  # at n = N: the oracle's own best of N
+        f[f"best_of_n_oracle/n={n}"] = mean(v)
     f["sft_vs_dpo/M2 held-out, DPO"] = mean(list(eval_oracle(sib("dpo"), 2).values()))
     f["sft_vs_dpo/M2 held-out, SFT"] = f["rounds/M2 held-out"]
     f["prompts in the round-2 pool the oracle reads"] = len(pool2)
+    # The judge ladder on the test pairs (the paper's Table 2 in miniature): the rungs above are
+    # read again under the ladder's names, not scored twice; only the base few-shot rung is new.
+    f["ladder/base few-shot"] = mean(base_few_shot_on_pairs(parent, pairs))
+    f["examples the base few-shot judge is shown"] = recipe_from_dict(parent.read_run()["recipe"]).judge.eval_shots
+    for rung, key in LADDER.items():
+        f[rung] = f[key]
     return f
+
+
+LADDER = {"ladder/fine-tuned, integer": "int_vs_real/judge test, integer",
+          "ladder/fine-tuned, real-valued": "int_vs_real/judge test, real-valued",
+          "ladder/self-distilled rounded": "distill/judge test, rounded",
+          "ladder/self-distilled soft": "distill/judge test, soft"}
+"""The ladder's rungs a seed has measured already, and the figure each one is."""
 
 
 # -- the comparisons: (section, what the paper reports, arm A key, arm B key) where the paper has B > A --
@@ -262,21 +305,38 @@ def _label(key: str) -> str:
     return key.split("/", 1)[1] if "/" in key else key
 
 
-def render_markdown(result: dict) -> str:
+def summary_line(result: dict) -> str:
+    """What the lab ran on, and how to read its figures: the line above its tables."""
+    return (f"Lab ({result['size']}, seeds {', '.join(map(str, result['seeds']))}): "
+            f"{result['wall_seconds'] / 60:.1f} min wall ({result['build_wall_seconds'] / 60:.1f} building), "
+            f"{result['cpus']} CPUs ({result['cpu']}), load average at the end "
+            f"{', '.join(f'{x:.1f}' for x in result['load_average'])}; {result['judge_test_pairs']} judge-test pairs. "
+            "Figures: mean over seeds [95% bootstrap interval over seeds]; the verdict reads the interval "
+            "of the per-seed difference (B - A).")
+
+
+def lab_tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(heading, columns, rows of text) of the lab's two tables, the comparisons and every figure
+    per seed: one source for lab.md and lab.html."""
     f = lambda ci: intervals.fmt(tuple(ci), 2)
-    lines = [f"Lab ({result['size']}, seeds {', '.join(map(str, result['seeds']))}): "
-             f"{result['wall_seconds'] / 60:.1f} min wall ({result['build_wall_seconds'] / 60:.1f} building), "
-             f"{result['cpus']} CPUs ({result['cpu']}), load average at the end "
-             f"{', '.join(f'{x:.1f}' for x in result['load_average'])}; {result['judge_test_pairs']} judge-test pairs. "
-             "Figures: mean over seeds [95% bootstrap interval over seeds]; the verdict reads the interval "
-             "of the per-seed difference (B - A).", "",
-             "| comparison | paper | A | B | A (oracle) | B (oracle) | B - A | paper's direction |",
-             "|---|---|---|---|---|---|---|---|"]
-    for c in result["comparisons"]:
-        lines.append(f"| {c['section']} | {c['paper']} | {_label(c['a'])} | {_label(c['b'])} | {f(c['a_mean'])} | "
-                     f"{f(c['b_mean'])} | {f(c['difference'])} | {c['verdict']} |")
-    lines += ["", "Every figure, per seed:", "", "| figure | per seed | mean |", "|---|---|---|"]
-    for k, v in result["figures"].items():
-        per = ", ".join("n/a" if x is None or not np.isfinite(x) else f"{x:.2f}" for x in v["per_seed"])
-        lines.append(f"| {k} | {per} | {f(v['mean'])} |")
+    comparisons = [[c["section"], c["paper"], _label(c["a"]), _label(c["b"]), f(c["a_mean"]), f(c["b_mean"]),
+                    f(c["difference"]), c["verdict"]] for c in result["comparisons"]]
+    per_seed = [[k, ", ".join("n/a" if x is None or not np.isfinite(x) else f"{x:.2f}" for x in v["per_seed"]),
+                 f(v["mean"])] for k, v in result["figures"].items()]
+    return [("", ["comparison", "paper", "A", "B", "A (oracle)", "B (oracle)", "B - A", "paper's direction"],
+             comparisons),
+            ("Every figure, per seed:", ["figure", "per seed", "mean"], per_seed)]
+
+
+def render_markdown(result: dict, figures=()) -> str:
+    """lab.md: the summary, the tables, and (``figures``: objects with ``name``, ``title``,
+    ``caption``, as :func:`alma_data.lab.figures.plot_figures` gives them) links to the PNGs
+    beside it."""
+    lines = [summary_line(result)]
+    for heading, columns, rows in lab_tables(result):
+        lines += [""] + ([heading, ""] if heading else [])
+        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    for fig in figures:
+        lines += ["", f"## {fig.title}", "", fig.caption, "", f"![{fig.title}]({fig.name}.png)"]
     return "\n".join(lines) + "\n"

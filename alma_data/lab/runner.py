@@ -158,7 +158,8 @@ def cpu_model() -> str:
 
 def run_lab(runs_dir: str | Path, size_name: str = "full", seeds: tuple[int, ...] | None = None,
             log=print, quiet: bool = True) -> dict:
-    """Build every run, then measure; writes ``<runs_dir>/lab.json`` and ``lab.md``."""
+    """Build every run, then measure; writes ``<runs_dir>/lab.json``, ``lab.md`` and ``lab.html``
+    with its figures beside it (``lab_*.png``)."""
     runs_dir = Path(runs_dir)
     size = SIZES[size_name]
     if seeds is not None:
@@ -168,14 +169,17 @@ def run_lab(runs_dir: str | Path, size_name: str = "full", seeds: tuple[int, ...
     t0 = time.time()
     build_seconds = build_all(runs_dir, size, log, quiet)
     built = time.time() - t0
-    from alma_data.lab.measure import measure_lab, render_markdown  # the oracle: only now
+    from alma_data.lab.figures import plot_figures, render_html
+    from alma_data.lab.measure import lab_tables, measure_lab, render_markdown, summary_line  # the oracle: only now
 
     result = measure_lab(runs_dir, size, log)
     result.update(size=size_name, seeds=list(size.seeds), build_seconds=build_seconds,
                   wall_seconds=round(time.time() - t0, 1), build_wall_seconds=round(built, 1),
                   cpu=cpu_model(), cpus=os.cpu_count(), load_average=list(os.getloadavg()))
     (runs_dir / "lab.json").write_text(json.dumps(result, indent=1, default=float))
-    (runs_dir / "lab.md").write_text(render_markdown(result))
+    figures = plot_figures(result, runs_dir)
+    (runs_dir / "lab.md").write_text(render_markdown(result, figures))
+    (runs_dir / "lab.html").write_text(render_html(summary_line(result), lab_tables(result), figures))
     log(f"lab: done in {result['wall_seconds']:.0f}s; the table: {runs_dir / 'lab.md'}")
     return result
 
