@@ -13,7 +13,8 @@ def add(sub) -> None:
     lb = sub.add_parser("lab", help="the paper's comparisons on recipe=lab, scored by an exact oracle, over seeds",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="keys: size=full|smoke, seeds=0,1,2, runs_dir=DIR (default data/runs/lab)\n"
-                               "Writes lab.json, lab.md (the table) and lab.html (with its figures, lab_*.png) into runs_dir.")
+                               "Writes lab.json, lab.md (the table) and lab.html (with its figures, lab_*.png) "
+                               "into runs_dir.")
     lb.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
     lb.add_argument("--quiet", action="store_true", help="no progress bars or stage summaries")
     lb.set_defaults(func=run)
