@@ -42,7 +42,7 @@ def test_oracle_scores_each_fault_below_the_correct_answer():
 
 
 def test_the_task_is_judged_on_the_items_whatever_separator_and_the_separator_by_its_modifier():
-    """The rubric's rule (lab-judge-00026-4): the task weighs 6 and each modifier 1.5, and the
+    """The rubric's rule (lab-judge-00026-4 of the 400 annotations bundled before 3 Dec): the task weighs 6 and each modifier 1.5, and the
     items are read at any separator, so a wrong separator costs its 1.5 and nothing more."""
     sort = oracle.parse("Put these numbers in decreasing order: 22 27 21 4 6. Use commas between the items.")
     assert sort == domain.Spec("sort", numbers=(22, 27, 21, 4, 6), descending=True, sep="comma")
@@ -59,18 +59,26 @@ def test_the_task_is_judged_on_the_items_whatever_separator_and_the_separator_by
     assert oracle.score(both, "MOON, MOON, MOON") == 10.0
     assert oracle.score(both, "MOON\nMOON\nMOON") == round(10 * 7.5 / 9, 2)  # separator 0, case 1.5, task 6
     assert oracle.score(both, "moon\nmoon\nmoon") == round(10 * 6 / 9, 2)
-    annotation = next(json.loads(l) for l in (ROOT / "data" / "seed" / "lab_judge.jsonl").read_text().splitlines()
-                      if json.loads(l)["id"] == "lab-judge-00026-4")
-    assert annotation["response"] == "27\n22\n21\n6\n4" and annotation["score"] == 8
+    # The bundled annotations of that kind (the task met, the separator not, every other
+    # modifier met) lose the separator's 1.5 and nothing more.
+    rows = [json.loads(l) for l in (ROOT / "data" / "seed" / "lab_judge.jsonl").read_text().splitlines()]
+    wrong_sep = []
+    for r in rows:
+        parts = {name: (w, c) for name, w, c in oracle.checks(oracle.parse(r["prompt"]), r["response"])}
+        if parts.get("sep", (0, 1))[1] == 0 and all(c == 1 for name, (w, c) in parts.items() if name != "sep"):
+            total = sum(w for w, _ in parts.values())
+            wrong_sep.append(r["score"] == round(10 * (total - 1.5) / total))
+    assert len(wrong_sep) >= 5 and all(wrong_sep)
 
 
-def test_bundled_lab_seeds_are_what_the_generator_writes_at_the_paper_ratio():
-    from alma_data.lab.seeds import BUNDLED_SFT, seed_rows
+def test_bundled_lab_seeds_are_what_the_generator_writes():
+    from alma_data.lab.seeds import BUNDLED_JUDGE, BUNDLED_SFT, seed_rows
 
-    sft, judge = seed_rows(BUNDLED_SFT)
+    sft, judge = seed_rows(BUNDLED_SFT, n_judge=BUNDLED_JUDGE)
     lines = lambda name: [json.loads(l) for l in (ROOT / "data" / "seed" / f"{name}.jsonl").read_text().splitlines()]
     assert lines("lab_sft") == sft and lines("lab_judge") == judge
-    assert len(sft) * 4 == len(judge) * 5  # 5 : 4
+    assert (len(sft), len(judge)) == (BUNDLED_SFT, BUNDLED_JUDGE)
+    assert seed_rows(40)[0] == seed_rows(40, n_judge=7)[0] and len(seed_rows(40)[1]) == 32  # default 5 : 4
     assert {r["score"] for r in judge} >= {0, 10} and len({r["score"] for r in judge}) >= 8
     for r in judge:  # the annotator's score is the oracle's, rounded
         assert r["score"] == round(oracle.score_prompt(r["prompt"], r["response"]))
