@@ -98,8 +98,9 @@ def precision_record(setting, bf16: bool) -> dict:
     info = describe()
     dtype = "bfloat16" if bf16 else "float32"
     if setting == "auto":
-        why = (f"train.bf16=auto: {info['device_name']} computes bf16 natively" if info["bf16_native"] else
-               f"train.bf16=auto: {info['device_name']} has no native bf16, where it is emulated and slow")
+        # The device's full name is in the record (``device_name``); the line a build prints stays short.
+        why = ("train.bf16=auto: native on this CPU/GPU" if info["bf16_native"] else
+               "train.bf16=auto: this CPU/GPU has no native bf16, where it is emulated and slow")
     else:
         why = f"train.bf16={str(setting).lower()}"
     return {"dtype": dtype, "setting": setting, "why": why, **info}
