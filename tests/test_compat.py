@@ -23,6 +23,8 @@ import pytest
 
 from conftest import ROOT, run_cli
 
+from alma_data.store.integrity import checkpoints_used
+
 OLD = "6e983c6"  # main before issue 12 (held-out answers already their own stage, eval_answers)
 
 
@@ -61,12 +63,7 @@ def downstream_of_training(run: Path) -> set[str]:
     manifests = {str(p.parent.relative_to(run)): json.loads(p.read_text())
                  for p in sorted(run.glob("round=*/*/_manifest.json"))}
 
-    def direct(table: str, m: dict) -> bool:
-        judge = m.get("judge_checkpoint")
-        return (bool(m.get("checkpoints")) or bool(m.get("judge")) or bool(m.get("started_from"))
-                or (judge is not None and judge != "base") or table.endswith("/eval_answers"))
-
-    found = {t for t, m in manifests.items() if direct(t, m)}
+    found = {t for t, m in manifests.items() if checkpoints_used(m) or t.endswith("/eval_answers")}
     grew = True
     while grew:
         more = {t for t, m in manifests.items() if t not in found and set(m.get("inputs") or {}) & found}

@@ -375,7 +375,7 @@ def missing_inputs(store: RunFiles, manifest: dict) -> list[Damage]:
     return damage
 
 
-def _checkpoints_used(manifest: dict) -> set[tuple[int, str]]:
+def checkpoints_used(manifest: dict) -> set[tuple[int, str]]:
     """(round, name) of every checkpoint of the run a manifest says it was made with: the
     judge of judgments (``judge``: ``round=1/judge``), a judge evaluation's checkpoint, the
     checkpoints responses were sampled from, the checkpoint a training started from."""
@@ -398,7 +398,7 @@ def missing_checkpoints(store: RunFiles, manifest: dict) -> list[Damage]:
     (without it the checkpoint is unfinished to every command, and what was made with it
     stands on nothing)."""
     damage = []
-    for round, name in sorted(_checkpoints_used(manifest)):
+    for round, name in sorted(checkpoints_used(manifest)):
         folder = join(store.path, f"round={round}", "checkpoints", name)
         if not store.isfile(join(folder, MANIFEST)):
             what = manifest.get("table") or manifest.get("checkpoint") or "a later stage"
