@@ -183,8 +183,10 @@ def _build_stages(recipe: Recipe, store: Store, target_round: int, ctx: Context)
     if not ctx.ran:
         ctx.log(f"run {store.run!r} is already built to round {target_round}: nothing to do")
     else:
-        # The one closing line: counts, time (per round too) and memory.
+        # The closing line: counts, time (per round too) and memory; then where to look, on a line of its own
+        # (a run's path can be long, the counts stay within a terminal's width).
         ctx.log(f"round {target_round} built: {len(ctx.ran)} stages run, {len(ctx.skipped)} already done, "
-                f"{seconds:.1f}s ({_per_round(ctx)}), peak memory {peak:.0f} MiB; look at it with: "
-                f"alma-data query {store.cli_args()} \"select round, count(*) from sft group by all\"")
+                f"{seconds:.0f}s ({_per_round(ctx)}), peak memory {peak:,.0f} MiB")
+        ctx.log(f"  look at it with: alma-data query {store.cli_args()} "
+                f"\"select round, count(*) from sft group by all\"")
     return ctx

@@ -29,7 +29,10 @@ def test_a_build_prints_its_own_lines_only(tiny_build):
     library = [ln for ln in lines if any(bar in ln for bar in LIBRARY_BARS)]
     assert not library, library[:5]
     assert not [ln for ln in lines if ln.lstrip().startswith("{'")], "a raw training-log dict reached the terminal"
-    assert "round 3 built: 36 stages run" in text
+    closing = [i for i, ln in enumerate(lines) if ln.startswith("round 3 built: 36 stages run")]
+    assert len(closing) == 1, closing
+    assert len(lines[closing[0]]) <= 120, lines[closing[0]]  # the counts fit; where to look is the next line
+    assert lines[closing[0] + 1].startswith("  look at it with: alma-data query "), lines[closing[0] + 1]
     # numbers in words
     dedup = [ln for ln in lines if "dedup:" in ln]
     assert len(dedup) == 2 and all(re.search(r"^  dedup: \d+ unique of \d+ parsed", ln) for ln in dedup), dedup
